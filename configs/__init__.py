@@ -1,0 +1,1 @@
+"""ml_collections configs: named model architectures, mesh layouts and (later) jobs."""

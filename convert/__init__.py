@@ -1,0 +1,1 @@
+"""Weight conversion between the PyTorch checkpoints and orbax checkpoints."""

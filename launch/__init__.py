@@ -1,0 +1,1 @@
+"""Entry points: the demo, sampling and benchmarks (`python -m launch.<name>`)."""

@@ -1,0 +1,30 @@
+"""Test session setup: 8 simulated CPU devices (for the mesh tests) and float32-exact matmuls."""
+
+import os
+
+os.environ.setdefault('XLA_FLAGS', '')
+if '--xla_force_host_platform_device_count' not in os.environ['XLA_FLAGS']:
+  os.environ['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=8'
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # noqa: E402  (after XLA_FLAGS)
+import pytest  # noqa: E402
+
+jax.config.update('jax_default_matmul_precision', 'highest')
+
+
+def pytest_addoption(parser):
+  parser.addoption('--run-slow', action='store_true', help='also run tests marked slow')
+
+
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'slow: large or long cases (8B shapes, benchmarks); opt-in')
+
+
+def pytest_collection_modifyitems(config, items):
+  if config.getoption('--run-slow'):
+    return
+  skip = pytest.mark.skip(reason='slow: run with --run-slow')
+  for item in items:
+    if 'slow' in item.keywords:
+      item.add_marker(skip)

@@ -1,0 +1,29 @@
+"""vidlada-jax: VidLaDA, a video language model with a masked-diffusion LM, in JAX/Flax.
+
+    import vidlada_jax as vj
+    model = vj.from_pretrained(path, dtype=jnp.bfloat16)
+    logits = model(input_ids, pixel_values)
+"""
+
+from vidlada_jax.config import LMConfig, ModelConfig, TokenIds, VisionConfig, model_config
+from vidlada_jax.hf.config import ConfigError
+from vidlada_jax.hf.safetensors_io import CheckpointError
+from vidlada_jax.loading import from_pretrained, init_model
+from vidlada_jax.params import count_params
+from vidlada_jax.preprocess import preprocess_frames
+from vidlada_jax.vidlada import VidLaDA
+
+__all__ = [
+    'CheckpointError',
+    'ConfigError',
+    'LMConfig',
+    'ModelConfig',
+    'TokenIds',
+    'VidLaDA',
+    'VisionConfig',
+    'count_params',
+    'from_pretrained',
+    'init_model',
+    'model_config',
+    'preprocess_frames',
+]

@@ -1,0 +1,1 @@
+"""The PyTorch (Hugging Face) checkpoint formats: names, config.json, safetensors files."""

@@ -1,0 +1,185 @@
+"""`from_pretrained`: a VidLaDA model from a PyTorch checkpoint directory.
+
+The whole checkpoint is validated from its headers first (every parameter accounted for, no
+unexpected tensor, every shape right); then parameters are built one at a time: the tensor(s) of
+one parameter are read, converted to our layout and dtype into one host buffer, and placed straight
+into that parameter's sharding. At no point is more than one parameter held twice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, SingleDeviceSharding
+from tqdm.auto import tqdm
+
+from vidlada_jax import sharding as sharding_lib
+from vidlada_jax.config import ModelConfig
+from vidlada_jax.hf import config as hf_config
+from vidlada_jax.hf import layouts
+from vidlada_jax.hf.safetensors_io import CheckpointError, SafetensorsCheckpoint
+from vidlada_jax.params import abstract_model, flat_params, map_params
+from vidlada_jax.vidlada import VidLaDA
+
+_MAX_LISTED = 12
+
+
+def read_hf_config(directory: Path) -> dict:
+  if not Path(directory).is_dir():
+    raise CheckpointError(f'checkpoint directory {directory} does not exist')
+  path = Path(directory) / 'config.json'
+  if not path.exists():
+    raise CheckpointError(f'{directory} has no config.json; it is not a checkpoint directory')
+  try:
+    return json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f'{path} is not valid JSON: {e}') from e
+
+
+def _listing(names) -> str:
+  names = sorted(names)
+  shown = ', '.join(names[:_MAX_LISTED])
+  return shown + (f', ... ({len(names) - _MAX_LISTED} more)' if len(names) > _MAX_LISTED else '')
+
+
+class LoadPlan:
+  """Which checkpoint tensor(s) make each parameter, checked against the files' headers."""
+
+  def __init__(self, checkpoint: SafetensorsCheckpoint, config: ModelConfig, layout: str,
+               *, text_tower: bool = False):
+    self.config = config
+    self.layout = layout
+    names = checkpoint.names
+    self.vision_prefix = (
+        layouts.vision_prefix_of(names) if layout == layouts.SIGLIP
+        else layouts.COMBINED_VISION_PREFIX)
+    self.table = layouts.tensor_table(config, layout, self.vision_prefix)
+    self.graphdef, self.abstract_state = abstract_model(config)
+    self.params = flat_params(self.abstract_state)
+
+    expected = {name: (entry, layer)
+                for name, entry, layer in layouts.expected_names(config, self.table)}
+    available = set(names)
+    self.ignored = sorted(
+        n for n in available - set(expected)
+        if layouts.ignorable(n, config, self.vision_prefix, text_tower=text_tower))
+    unexpected = available - set(expected) - set(self.ignored)
+    missing = set(expected) - available
+    errors = []
+    if missing:
+      errors.append(f'{len(missing)} tensor(s) missing: {_listing(missing)}')
+    if unexpected:
+      errors.append(f'{len(unexpected)} unexpected tensor(s): {_listing(unexpected)}')
+    for name in sorted(set(expected) & available):
+      entry, layer = expected[name]
+      shape = self.params[entry.param].shape
+      want = entry.transform.torch_shape(shape[1:] if layer is not None else shape)
+      got = checkpoint.info(name).shape
+      if tuple(got) != tuple(want):
+        errors.append(f'tensor {name} has shape {list(got)}, expected {list(want)} '
+                      f'(for parameter {entry.param})')
+    if errors:
+      raise CheckpointError(
+          f'checkpoint {checkpoint.directory} ({layout} layout) does not match the model its '
+          'config.json describes:\n  ' + '\n  '.join(errors))
+
+
+def assemble(checkpoint: SafetensorsCheckpoint, entry: layouts.TensorMap, shape, dtype,
+             num_layers: int) -> np.ndarray:
+  """The host value of one parameter in our layout and `dtype`, read tensor by tensor."""
+  if not entry.stacked:
+    return np.asarray(entry.transform.to_jax(checkpoint.read(entry.source), shape), dtype)
+  value = np.empty(shape, dtype)
+  for i, name in enumerate(entry.source_names(num_layers)):
+    value[i] = entry.transform.to_jax(checkpoint.read(name), shape[1:])
+  return value
+
+
+def load_safetensors(
+    directory: Path,
+    config: ModelConfig,
+    layout: str,
+    *,
+    mesh: Mesh | None = None,
+    rules=None,
+    text_tower: bool = False,
+    progress: bool = True,
+) -> VidLaDA:
+  with SafetensorsCheckpoint(directory) as checkpoint:
+    plan = LoadPlan(checkpoint, config, layout, text_tower=text_tower)
+    if mesh is not None:
+      shardings = flat_params(sharding_lib.param_shardings(plan.abstract_state, mesh, rules))
+    by_param = {entry.param: entry for entry in plan.table}
+    total = sum(v.size * v.dtype.itemsize for v in plan.params.values())
+    bar = tqdm(total=total, unit='B', unit_scale=True, desc=f'loading {Path(directory).name}',
+               disable=not progress)
+
+    def load_param(path: str, variable: nnx.Variable) -> nnx.Variable:
+      entry = by_param[path]
+      value = assemble(checkpoint, entry, variable.shape, variable.dtype,
+                       layouts.num_layers_of(config, entry))
+      target = (shardings[path].get_value() if mesh is not None
+                else SingleDeviceSharding(jax.devices()[0]))
+      bar.update(value.nbytes)
+      return variable.replace(sharding_lib.host_local_array(value, target))
+
+    with bar:
+      state = map_params(load_param, plan.abstract_state)
+  return nnx.merge(plan.graphdef, state)
+
+
+def _dtype_name(dtype) -> str | None:
+  return None if dtype is None else jnp.dtype(dtype).name
+
+
+def from_pretrained(
+    path,
+    dtype=None,
+    *,
+    param_dtype=None,
+    mesh: Mesh | None = None,
+    rules=None,
+    attention: str | None = None,
+    progress: bool = True,
+) -> VidLaDA:
+  """Loads a checkpoint directory in the reference's format.
+
+  Accepted (SPEC 2.3): a LLaDA-V / VidLaDA checkpoint (combined, or its language model alone),
+  the original LLaDA-8B checkpoint, or a standalone SigLIP vision tower (prefix
+  `model.vision_tower.vision_tower.vision_model.`, `vision_model.` or none), as `config.json` plus
+  `model.safetensors` or shards with `model.safetensors.index.json`.
+
+  Args:
+    path: the checkpoint directory.
+    dtype: computation dtype; defaults to the checkpoint's `torch_dtype`, else float32.
+    param_dtype: parameter dtype; defaults to `dtype`.
+    mesh, rules: place every parameter directly in its sharding on `mesh` under the logical-axis
+      `rules` (see `configs/mesh.py` and `vidlada_jax.sharding.mesh_from_config`).
+    attention: attention backend name (default "xla").
+    progress: show a progress bar.
+  """
+  directory = Path(path)
+  raw = read_hf_config(directory)
+  layout, config, facts = hf_config.parse(raw)
+  dtype = _dtype_name(dtype) or raw.get('torch_dtype') or raw.get('dtype') or 'float32'
+  config = config.replace(
+      dtype=dtype, param_dtype=_dtype_name(param_dtype) or dtype,
+      attention=attention or config.attention)
+  if (mesh is None) != (rules is None):
+    raise ValueError('pass both mesh and rules (see vidlada_jax.sharding.mesh_from_config), or neither')
+  return load_safetensors(
+      directory, config, layout, mesh=mesh, rules=rules,
+      text_tower=facts.get('text_tower', False), progress=progress)
+
+
+def init_model(config: ModelConfig, seed: int = 0, *, mesh: Mesh | None = None, rules=None) -> VidLaDA:
+  """A randomly initialised model, created directly in its shardings when `mesh` is given."""
+  make = lambda: VidLaDA(config, rngs=nnx.Rngs(seed))
+  if mesh is None:
+    return nnx.jit(make)()
+  return sharding_lib.create_sharded(make, mesh, rules)

@@ -1,0 +1,1 @@
+"""Neural-network building blocks: the attention op and shared layers."""

@@ -1,0 +1,83 @@
+"""Building blocks shared by the vision tower and the language model."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+def logical(init: Callable, *names: str | None) -> Callable:
+  """Wraps a flax initializer so the parameter it creates carries logical axis names.
+
+  The names (`embed`, `heads`, `mlp`, ...) are mapped to mesh axes by the rule sets in
+  `configs/mesh.py`; see `vidlada_jax.sharding`.
+  """
+  return nnx.with_metadata(init, logical_axes=tuple(names))
+
+
+class RMSNorm(nnx.Module):
+  """Llama/LLaDA RMSNorm: normalise in float32, cast back to the input dtype, then scale."""
+
+  def __init__(self, dim: int, eps: float, *, param_dtype: jnp.dtype):
+    self.eps = eps
+    self.weight = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=('norm',))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return self.weight[...].astype(x.dtype) * normed.astype(x.dtype)
+
+
+def rope_inverse_frequencies(head_dim: int, theta: float) -> np.ndarray:
+  """theta^(-2i/d) for i < d/2, rounded once from float64 to the float32 the reference uses."""
+  exponents = np.arange(0, head_dim, 2, dtype=np.float64) / head_dim
+  return (1.0 / theta**exponents).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding, "rotate half" convention (first/second half of the head dim, not pairs).
+
+  x: [B, L, H, D]; positions: [B, L] integer. Angles, cos and sin are float32, then cast to x's
+  dtype before the rotation, as the reference does.
+  """
+  head_dim = x.shape[-1]
+  inv_freq = jnp.asarray(rope_inverse_frequencies(head_dim, theta))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, L, D/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, L, 1, D]
+  cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+  first, second = jnp.split(x, 2, axis=-1)
+  rotated = jnp.concatenate([-second, first], axis=-1)
+  return x * cos + rotated * sin
+
+
+def stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs: nnx.Rngs):
+  """`num_layers` independent copies of a layer, parameters stacked on a leading `layers` axis.
+
+  The stack is one module whose parameters have shape [num_layers, ...]; `scan_layers` runs it
+  with `lax.scan`, so compile time does not grow with depth.
+  """
+  keys = jax.random.split(rngs.params(), num_layers)
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: make_layer(nnx.Rngs(0))))
+  states = jax.vmap(lambda key: nnx.state(make_layer(nnx.Rngs(params=key))))(keys)
+  states = jax.tree.map(
+      lambda v: v.replace(logical_axes=('layers',) + tuple(v.get_metadata()['logical_axes'])),
+      states,
+      is_leaf=lambda x: isinstance(x, nnx.Variable),
+  )
+  return nnx.merge(graphdef, states)
+
+
+def scan_layers(layers: nnx.Module, x: jax.Array, *args, remat: bool = False) -> jax.Array:
+  """Applies a `stacked` module layer after layer: x <- layer_i(x, *args)."""
+  graphdef, state = nnx.split(layers)
+
+  def apply_layer(carry, layer_state):
+    return nnx.merge(graphdef, layer_state)(carry, *args), None
+
+  if remat:
+    apply_layer = jax.checkpoint(apply_layer)
+  return jax.lax.scan(apply_layer, x, state)[0]

@@ -1,0 +1,125 @@
+"""Meshes, logical-axis rules and parameters placed directly in their shardings.
+
+Every parameter carries `logical_axes` metadata (see `vidlada_jax.nn.layers.logical`). A rule set
+from `configs/mesh.py` maps each logical name to mesh axes; this module is the one place that turns
+them into `NamedSharding`s, builds meshes, and creates or places models sharded, so that no full
+unsharded copy of the parameters ever sits on one device.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from vidlada_jax.params import is_variable, map_params
+
+Rules = Sequence[tuple[str, Any]]
+
+
+def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh with the given axis sizes (one -1 takes the remaining devices), Auto axis types.
+
+  Auto axes (GSPMD propagation) let the model run unchanged under any rule set; parameters and
+  inputs carry the shardings and XLA places the rest.
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  names = tuple(shape)
+  sizes = [int(shape[n]) for n in names]
+  if sizes.count(-1) > 1:
+    raise ValueError(f'at most one mesh axis may be -1, got {dict(shape)}')
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f'mesh {dict(shape)} does not divide the {len(devices)} devices')
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ValueError(
+        f'mesh {dict(zip(names, sizes))} needs {math.prod(sizes)} devices, '
+        f'but {len(devices)} are available')
+  return jax.make_mesh(
+      tuple(sizes), names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
+
+
+def mesh_from_config(mesh_config) -> tuple[Mesh, Rules]:
+  """(mesh, rules) from a `configs/mesh.py` config (or its name, e.g. "fsdp_tp:tensor=2")."""
+  if isinstance(mesh_config, str):
+    from configs import mesh as mesh_configs
+
+    mesh_config = mesh_configs.get_config(mesh_config)
+  return make_mesh(dict(mesh_config.shape)), tuple(mesh_config.rules)
+
+
+def logical_axes(variable: nnx.Variable) -> tuple[str | None, ...]:
+  return tuple(variable.get_metadata().get('logical_axes', (None,) * variable.ndim))
+
+
+def partition_spec(axes: Sequence[str | None], rules: Rules) -> PartitionSpec:
+  """Maps logical axis names to mesh axes; an unknown name is an error, not silent replication."""
+  table = dict(rules)
+  spec = []
+  for name in axes:
+    if name is None:
+      spec.append(None)
+    elif name in table:
+      spec.append(table[name])
+    else:
+      raise ValueError(f'logical axis {name!r} has no rule; rules cover {sorted(table)}')
+  return PartitionSpec(*spec)
+
+
+def _mesh_axis_size(mesh: Mesh, entry) -> int:
+  if entry is None:
+    return 1
+  names = entry if isinstance(entry, tuple) else (entry,)
+  return math.prod(mesh.shape[n] for n in names)
+
+
+def param_shardings(state, mesh: Mesh, rules: Rules):
+  """The `NamedSharding` of every parameter in `state` (a State of Variables, concrete or abstract).
+
+  Raises if a dimension does not divide evenly over its mesh axes, naming the parameter.
+  """
+
+  def sharding_of(path, variable):
+    spec = partition_spec(logical_axes(variable), rules)
+    for dim, (size, entry) in enumerate(zip(variable.shape, spec)):
+      parts = _mesh_axis_size(mesh, entry)
+      if size % parts:
+        raise ValueError(
+            f'parameter {path} {tuple(variable.shape)}: dimension {dim} (size {size}) does not '
+            f'divide over mesh axes {entry} ({parts} devices)')
+    return variable.replace(NamedSharding(mesh, spec))
+
+  return map_params(sharding_of, state)
+
+
+def create_sharded(make_model, mesh: Mesh, rules: Rules):
+  """Initialises `make_model()` (an nnx module) with every parameter created in its sharding."""
+  abstract = nnx.eval_shape(make_model)
+  graphdef, abstract_state = nnx.split(abstract)
+  shardings = param_shardings(abstract_state, mesh, rules)
+
+  def init():
+    return jax.lax.with_sharding_constraint(nnx.state(make_model()), shardings)
+
+  state = jax.jit(init, out_shardings=shardings)()
+  return nnx.merge(graphdef, state)
+
+
+def place(model, mesh: Mesh, rules: Rules):
+  """Moves an existing model's parameters into their shardings (copies one array at a time)."""
+  graphdef, state = nnx.split(model)
+  shardings = param_shardings(state, mesh, rules)
+  state = jax.tree.map(
+      lambda v, s: v.replace(jax.device_put(v.get_value(), s.get_value())), state, shardings, is_leaf=is_variable)
+  return nnx.merge(graphdef, state)
+
+
+def host_local_array(value: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+  """A global array from a host copy of the full value; each process places only its shards."""
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
