@@ -18,11 +18,13 @@ from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 from tqdm.auto import tqdm
 
+from vidlada_jax import checkpoint as jax_checkpoint
 from vidlada_jax import sharding as sharding_lib
 from vidlada_jax.config import ModelConfig
 from vidlada_jax.hf import config as hf_config
 from vidlada_jax.hf import layouts
-from vidlada_jax.hf.safetensors_io import CheckpointError, SafetensorsCheckpoint
+from vidlada_jax.hf.safetensors_io import (FLOAT_DTYPES, CheckpointError, SafetensorsCheckpoint,
+                                           numpy_dtype)
 from vidlada_jax.params import abstract_model, flat_params, map_params
 from vidlada_jax.vidlada import VidLaDA
 
@@ -79,14 +81,32 @@ class LoadPlan:
       entry, layer = expected[name]
       shape = self.params[entry.param].shape
       want = entry.transform.torch_shape(shape[1:] if layer is not None else shape)
-      got = checkpoint.info(name).shape
-      if tuple(got) != tuple(want):
-        errors.append(f'tensor {name} has shape {list(got)}, expected {list(want)} '
+      info = checkpoint.info(name)
+      if tuple(info.shape) != tuple(want):
+        errors.append(f'tensor {name} has shape {list(info.shape)}, expected {list(want)} '
                       f'(for parameter {entry.param})')
+      if info.dtype not in FLOAT_DTYPES:
+        errors.append(f'tensor {name} has dtype {info.dtype}, expected a float dtype')
     if errors:
       raise CheckpointError(
           f'checkpoint {checkpoint.directory} ({layout} layout) does not match the model its '
           'config.json describes:\n  ' + '\n  '.join(errors))
+    self.checkpoint = checkpoint
+    self.entries = {entry.param: entry for entry in self.table}
+
+  def num_layers(self, entry: layouts.TensorMap) -> int:
+    return layouts.num_layers_of(self.config, entry)
+
+  def stored_dtype(self, param: str) -> np.dtype:
+    """The dtype a parameter is stored in; its per-layer tensors must agree."""
+    entry = self.entries[param]
+    names = entry.source_names(self.num_layers(entry))
+    dtypes = {self.checkpoint.info(n).dtype for n in names}
+    if len(dtypes) > 1:
+      listing = ', '.join(f'{n}: {self.checkpoint.info(n).dtype}' for n in names)
+      raise CheckpointError(
+          f'the tensors of parameter {param} mix dtypes ({listing}); pass a dtype to convert to')
+    return np.dtype(numpy_dtype(dtypes.pop()))
 
 
 def assemble(checkpoint: SafetensorsCheckpoint, entry: layouts.TensorMap, shape, dtype,
@@ -147,16 +167,17 @@ def from_pretrained(
     attention: str | None = None,
     progress: bool = True,
 ) -> VidLaDA:
-  """Loads a checkpoint directory in the reference's format.
+  """Loads a checkpoint directory: the reference's PyTorch format or a vidlada-jax checkpoint.
 
-  Accepted (SPEC 2.3): a LLaDA-V / VidLaDA checkpoint (combined, or its language model alone),
-  the original LLaDA-8B checkpoint, or a standalone SigLIP vision tower (prefix
+  PyTorch formats (SPEC 2.3): a LLaDA-V / VidLaDA checkpoint (combined, or its language model
+  alone), the original LLaDA-8B checkpoint, or a standalone SigLIP vision tower (prefix
   `model.vision_tower.vision_tower.vision_model.`, `vision_model.` or none), as `config.json` plus
-  `model.safetensors` or shards with `model.safetensors.index.json`.
+  `model.safetensors` or shards with `model.safetensors.index.json`. A vidlada-jax checkpoint
+  (written by `convert.hf_to_jax`) is restored with orbax straight into the shardings.
 
   Args:
     path: the checkpoint directory.
-    dtype: computation dtype; defaults to the checkpoint's `torch_dtype`, else float32.
+    dtype: computation dtype; defaults to the checkpoint's dtype (`torch_dtype`), else float32.
     param_dtype: parameter dtype; defaults to `dtype`.
     mesh, rules: place every parameter directly in its sharding on `mesh` under the logical-axis
       `rules` (see `configs/mesh.py` and `vidlada_jax.sharding.mesh_from_config`).
@@ -164,14 +185,17 @@ def from_pretrained(
     progress: show a progress bar.
   """
   directory = Path(path)
+  if (mesh is None) != (rules is None):
+    raise ValueError('pass both mesh and rules (see vidlada_jax.sharding.mesh_from_config), or neither')
+  if jax_checkpoint.is_checkpoint(directory):
+    return jax_checkpoint.load(directory, dtype=_dtype_name(dtype), param_dtype=_dtype_name(param_dtype),
+                           mesh=mesh, rules=rules, attention=attention)
   raw = read_hf_config(directory)
   layout, config, facts = hf_config.parse(raw)
   dtype = _dtype_name(dtype) or raw.get('torch_dtype') or raw.get('dtype') or 'float32'
   config = config.replace(
       dtype=dtype, param_dtype=_dtype_name(param_dtype) or dtype,
       attention=attention or config.attention)
-  if (mesh is None) != (rules is None):
-    raise ValueError('pass both mesh and rules (see vidlada_jax.sharding.mesh_from_config), or neither')
   return load_safetensors(
       directory, config, layout, mesh=mesh, rules=rules,
       text_tower=facts.get('text_tower', False), progress=progress)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vidlada_jax.config import LMConfig, ModelConfig, VisionConfig
+from vidlada_jax.config import LMConfig, ModelConfig, TokenIds, VisionConfig
 from vidlada_jax.hf import layouts
 
 # transformers' `SiglipVisionConfig` defaults: older transformers wrote only non-default fields.
@@ -84,8 +84,13 @@ def _llama_style_lm(raw: dict[str, Any]) -> LMConfig:
 
 
 def _llada_lm(raw: dict[str, Any]) -> LMConfig:
-  d_model, layers, heads, inter, eps = _require(
-      raw, 'd_model', 'n_layers', 'n_heads', 'mlp_hidden_size', 'rms_norm_eps')
+  d_model, layers, heads, inter = _require(raw, 'd_model', 'n_layers', 'n_heads', 'mlp_hidden_size')
+  # LLaDA's own config class calls it rms_layer_norm_eps; accept either spelling.
+  eps = raw.get('rms_norm_eps', raw.get('rms_layer_norm_eps'))
+  if eps is None:
+    raise ConfigError('config.json lacks rms_norm_eps (or rms_layer_norm_eps)')
+  if raw.get('layer_norm_type', 'rms') != 'rms':
+    raise ConfigError(f'layer_norm_type {raw["layer_norm_type"]!r} is not supported (RMSNorm)')
   if raw.get('weight_tying'):
     raise ConfigError('weight_tying=true is not supported: LLaDA-8B has an untied ff_out')
   if raw.get('include_bias') or raw.get('include_qkv_bias'):
@@ -166,3 +171,60 @@ def parse(raw: dict[str, Any]) -> tuple[str, ModelConfig, dict[str, Any]]:
       lm=lm, vision=_combined_vision(raw), projector=projector,
       pool_stride=int(raw.get('mm_spatial_pool_stride', 2)), newline=newline)
   return layout, config, facts
+
+
+# --- Writing config.json for an export -----------------------------------------------------------
+
+
+def _llama_style_fields(lm: LMConfig, dtype: str) -> dict[str, Any]:
+  return dict(
+      hidden_size=lm.hidden_size, intermediate_size=lm.intermediate_size,
+      num_hidden_layers=lm.num_layers, num_attention_heads=lm.num_heads,
+      num_key_value_heads=lm.num_kv_heads, vocab_size=lm.vocab_size, rope_theta=lm.rope_theta,
+      rms_norm_eps=lm.rms_norm_eps, rope_scaling=None, tie_word_embeddings=False,
+      attention_bias=False, attention_dropout=0.0, hidden_act='silu', initializer_range=0.02,
+      max_position_embeddings=16384, pretraining_tp=1, use_cache=False,
+      bos_token_id=TokenIds().bos, eos_token_id=TokenIds().eos, torch_dtype=dtype)
+
+
+def _siglip_fields(vision: VisionConfig, num_hidden_layers: int) -> dict[str, Any]:
+  return dict(
+      hidden_size=vision.hidden_size, intermediate_size=vision.intermediate_size,
+      num_hidden_layers=num_hidden_layers, num_attention_heads=vision.num_heads,
+      image_size=vision.image_size, patch_size=vision.patch_size,
+      layer_norm_eps=vision.layer_norm_eps, hidden_act='gelu_pytorch_tanh', num_channels=3)
+
+
+def export_config(config: ModelConfig, layout: str, dtype: str) -> dict[str, Any]:
+  """A config.json for `config` in `layout` that the reference code reads.
+
+  llada_v: the LLaDA-V LM config (Llama-style names), plus the LLaVA `mm_*` fields and a
+  `vision_config` (counting the layers used) when multimodal. llada: the original LLaDA config.
+  siglip: a standalone `SiglipVisionModel` config, which counts the layer the reference drops.
+  """
+  if layout == layouts.LLADA:
+    lm = config.lm
+    return dict(
+        architectures=['LLaDAModelLM'], model_type='llada', d_model=lm.hidden_size,
+        n_layers=lm.num_layers, n_heads=lm.num_heads, n_kv_heads=lm.num_kv_heads,
+        mlp_hidden_size=lm.intermediate_size, vocab_size=lm.vocab_size,
+        embedding_size=lm.vocab_size, rope_theta=lm.rope_theta, rms_norm_eps=lm.rms_norm_eps,
+        rms_layer_norm_eps=lm.rms_norm_eps, rope=True, block_type='llama',
+        activation_type='silu', layer_norm_type='rms', weight_tying=False, include_bias=False,
+        attention_layer_norm=False, input_emb_norm=False, scale_logits=False,
+        mask_token_id=TokenIds().mask, eos_token_id=TokenIds().eos, pad_token_id=TokenIds().eos,
+        max_sequence_length=4096, use_cache=False, torch_dtype=dtype)
+  if layout == layouts.SIGLIP:
+    return dict(architectures=['SiglipVisionModel'], model_type='siglip_vision_model',
+                **_siglip_fields(config.vision, config.vision.num_layers + 1), torch_dtype=dtype)
+  fields = _llama_style_fields(config.lm, dtype)
+  if not config.is_multimodal:
+    return dict(architectures=['LLaDAModelLM'], model_type='llada', **fields)
+  return dict(
+      architectures=['LlavaLLaDAModelLM'], model_type='llava_llada', **fields,
+      mm_projector_type=config.projector, mm_hidden_size=config.vision.hidden_size,
+      mm_vision_tower=DEFAULT_VISION_TOWER, mm_vision_select_layer=-2,
+      mm_vision_select_feature='patch', mm_patch_merge_type='spatial_unpad',
+      mm_newline_position=config.newline, mm_spatial_pool_mode='bilinear',
+      mm_spatial_pool_stride=config.pool_stride,
+      vision_config=_siglip_fields(config.vision, config.vision.num_layers))

@@ -13,13 +13,14 @@ import os
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
 
 INDEX_FILE = 'model.safetensors.index.json'
 SINGLE_FILE = 'model.safetensors'
 
-_FLOAT_DTYPES = ('F64', 'F32', 'F16', 'BF16')
+FLOAT_DTYPES = ('F64', 'F32', 'F16', 'BF16')
 
 
 class CheckpointError(ValueError):
@@ -43,9 +44,11 @@ class SafetensorsCheckpoint:
     files = self._files()
     self._tensors: dict[str, TensorInfo] = {}
     self._handles = {}
+    self._numpy_handles = {}
     for path in files:
       try:
-        handle = safe_open(str(path), framework='flax')
+        # pread, not mmap: pages of an mmap stay resident (and count as ours) after a read.
+        handle = safe_open(str(path), framework='flax', backend='pread')
       except Exception as e:  # the Rust reader raises its own error type
         raise CheckpointError(f'cannot read {path} (truncated or corrupt?): {e}') from e
       self._handles[path] = handle
@@ -97,17 +100,19 @@ class SafetensorsCheckpoint:
     return int(np.prod(info.shape)) * _ITEMSIZE[info.dtype]
 
   def read(self, name: str) -> np.ndarray:
-    """One tensor as a host numpy array (bfloat16 via ml_dtypes), in its stored dtype."""
+    """One tensor as a host numpy array in its stored dtype (bfloat16 via ml_dtypes)."""
     info = self._tensors[name]
-    if info.dtype not in _FLOAT_DTYPES:
-      raise CheckpointError(f'tensor {name} has dtype {info.dtype}; expected a float tensor')
-    # The flax reader understands bfloat16; keep the array on the host CPU device.
-    with jax.default_device(jax.devices('cpu')[0]):
-      array = self._handles[info.file].get_tensor(name)
-    return np.asarray(array)
+    if info.dtype == 'BF16':
+      # numpy has no bfloat16: the flax reader does, kept on the host CPU device.
+      with jax.default_device(jax.devices('cpu')[0]):
+        return np.asarray(self._handles[info.file].get_tensor(name))
+    if info.file not in self._numpy_handles:
+      self._numpy_handles[info.file] = safe_open(str(info.file), framework='np', backend='pread')
+    return self._numpy_handles[info.file].get_tensor(name)
 
   def close(self) -> None:
     self._handles.clear()
+    self._numpy_handles.clear()
 
   def __enter__(self):
     return self
@@ -118,3 +123,118 @@ class SafetensorsCheckpoint:
 
 _ITEMSIZE = {'F64': 8, 'F32': 4, 'F16': 2, 'BF16': 2, 'I64': 8, 'I32': 4, 'I16': 2, 'I8': 1,
              'U8': 1, 'BOOL': 1}
+
+
+# --- Writing ----------------------------------------------------------------------------------
+
+_DTYPE_NAMES = {'float64': 'F64', 'float32': 'F32', 'float16': 'F16', 'bfloat16': 'BF16',
+                'int64': 'I64', 'int32': 'I32', 'int16': 'I16', 'int8': 'I8', 'uint8': 'U8',
+                'bool': 'BOOL'}
+
+
+def numpy_dtype(safetensors_name: str) -> np.dtype:
+  """'BF16' -> bfloat16 (ml_dtypes), 'F32' -> float32, ..."""
+  names = {v: k for k, v in _DTYPE_NAMES.items()}
+  if safetensors_name not in names:
+    raise CheckpointError(f'unsupported tensor dtype {safetensors_name}')
+  return np.dtype(jnp.dtype(names[safetensors_name]))
+
+
+def safetensors_dtype(dtype) -> str:
+  name = np.dtype(dtype).name
+  if name not in _DTYPE_NAMES:
+    raise ValueError(f'cannot store dtype {name} in a checkpoint; expected one of {list(_DTYPE_NAMES)}')
+  return _DTYPE_NAMES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+  name: str
+  shape: tuple[int, ...]
+  dtype: str  # safetensors dtype name
+
+  @property
+  def nbytes(self) -> int:
+    return int(np.prod(self.shape)) * _ITEMSIZE[self.dtype]
+
+
+def plan_shards(specs: list[TensorSpec], max_shard_bytes: int) -> list[list[TensorSpec]]:
+  """Packs tensors, in order, into files of at most `max_shard_bytes` (a larger tensor alone)."""
+  shards: list[list[TensorSpec]] = [[]]
+  size = 0
+  for spec in specs:
+    if shards[-1] and size + spec.nbytes > max_shard_bytes:
+      shards.append([])
+      size = 0
+    shards[-1].append(spec)
+    size += spec.nbytes
+  return shards
+
+
+class ShardedSafetensorsWriter:
+  """Writes a checkpoint whose tensor list is known up front, one tensor at a time, in any order.
+
+  The safetensors library only writes a whole file from a dict held in memory; a multi-GB shard
+  would then be held at once. Here every file's header (names, dtypes, shapes, offsets) is
+  written first, and `write(name, array)` puts each tensor's bytes at its offset, so memory holds
+  one tensor. Produces `model.safetensors`, or `model-0000k-of-0000n.safetensors` shards plus
+  `model.safetensors.index.json` (the Hugging Face layout). `close()` checks every tensor was
+  written.
+  """
+
+  def __init__(self, directory: str | os.PathLike, specs: list[TensorSpec], max_shard_bytes: int,
+               metadata: dict[str, str] | None = None):
+    self.directory = Path(directory)
+    shards = plan_shards(specs, max_shard_bytes)
+    self._where: dict[str, tuple[Path, int, TensorSpec]] = {}
+    self._files = {}
+    for k, shard in enumerate(shards):
+      file = self.directory / (SINGLE_FILE if len(shards) == 1
+                               else f'model-{k + 1:05d}-of-{len(shards):05d}.safetensors')
+      header: dict = {'__metadata__': {'format': 'pt', **(metadata or {})}}
+      offset = 0
+      for spec in shard:
+        header[spec.name] = {'dtype': spec.dtype, 'shape': list(spec.shape),
+                             'data_offsets': [offset, offset + spec.nbytes]}
+        offset += spec.nbytes
+      encoded = json.dumps(header, separators=(',', ':')).encode()
+      encoded += b' ' * (-len(encoded) % 8)  # data starts 8-byte aligned
+      start = 8 + len(encoded)
+      handle = open(file, 'wb')
+      handle.write(len(encoded).to_bytes(8, 'little') + encoded)
+      handle.truncate(start + offset)
+      self._files[file] = handle
+      for spec in shard:
+        begin = header[spec.name]['data_offsets'][0]
+        self._where[spec.name] = (file, start + begin, spec)
+    self._pending = set(self._where)
+    self._index = None
+    if len(shards) > 1:
+      self._index = {
+          'metadata': {'total_size': sum(s.nbytes for s in specs)},
+          'weight_map': {name: file.name for name, (file, _, _) in self._where.items()},
+      }
+
+  @property
+  def files(self) -> list[Path]:
+    return list(self._files)
+
+  def write(self, name: str, array: np.ndarray) -> None:
+    file, offset, spec = self._where[name]
+    if tuple(array.shape) != spec.shape or safetensors_dtype(array.dtype) != spec.dtype:
+      raise ValueError(f'tensor {name}: got {array.dtype}{list(array.shape)}, '
+                       f'planned {spec.dtype}{list(spec.shape)}')
+    handle = self._files[file]
+    handle.seek(offset)
+    # Raw little-endian bytes (the host order on every platform JAX runs on), without a copy.
+    handle.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    self._pending.discard(name)
+
+  def close(self) -> None:
+    for handle in self._files.values():
+      handle.close()
+    if self._pending:
+      raise ValueError(f'{len(self._pending)} planned tensor(s) were never written: '
+                       f'{sorted(self._pending)[:5]}')
+    if self._index is not None:
+      (self.directory / INDEX_FILE).write_text(json.dumps(self._index, indent=2))

@@ -1,0 +1,148 @@
+"""PyTorch checkpoint -> vidlada-jax (orbax) checkpoint, one parameter at a time.
+
+    python -m convert.hf_to_jax --src HF_DIR --dst OUT_DIR [--dtype bfloat16|float32]
+                                [--mesh fsdp=8,tensor=1] [--overwrite]
+
+Reads any layout `vj.from_pretrained` accepts (LLaDA-V/VidLaDA combined or LM-only, original
+LLaDA, standalone SigLIP), validates it completely from the file headers, then converts parameter
+by parameter: the tensors of one parameter are read, put into our layout (and `--dtype`, by default
+the stored dtype, so a round trip is bit-exact), placed in their shardings on `--mesh`, and written
+to orbax before the next is read. Peak memory is a few times the largest parameter, not the model.
+Tensors the model does not use (the 27th vision layer, the pooling head) are carried in
+`passthrough/` so that `convert.jax_to_hf` reproduces the source. Tokenizer files are copied.
+`vj.from_pretrained(OUT_DIR)` loads the result, restoring straight into the requested shardings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
+from tqdm.auto import tqdm
+
+from vidlada_jax import checkpoint as jax_checkpoint
+from vidlada_jax import sharding as sharding_lib
+from vidlada_jax.hf import config as hf_config
+from vidlada_jax.hf.safetensors_io import SafetensorsCheckpoint
+from vidlada_jax.loading import LoadPlan, assemble, read_hf_config
+from vidlada_jax.orbax_io import IncrementalSave
+from vidlada_jax.params import flat_params
+
+_DTYPES = ('bfloat16', 'float32', 'float16')
+
+
+def parse_mesh(text: str | None) -> tuple[Mesh, tuple] | None:
+  """'fsdp=8,tensor=1' -> (mesh, fsdp_tp rules); axes not named have size 1."""
+  if not text:
+    return None
+  from configs import mesh as mesh_configs
+
+  shape = dict(data=1, fsdp=1, tensor=1)
+  for item in text.split(','):
+    axis, _, size = item.partition('=')
+    if axis not in shape or not size.lstrip('-').isdigit():
+      raise ValueError(f'--mesh expects axis=size pairs over {tuple(shape)}, got {item!r}')
+    shape[axis] = int(size)
+  devices = jax.device_count()
+  if -1 not in shape.values() and np.prod(list(shape.values())) != devices:
+    raise ValueError(
+        f'--mesh {text} needs {int(np.prod(list(shape.values())))} devices but {devices} are '
+        'available (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N)')
+  return sharding_lib.make_mesh(shape), mesh_configs.RULES['fsdp_tp']
+
+
+def convert(src, dst, *, dtype: str | None = None, mesh: Mesh | None = None, rules=None,
+            overwrite: bool = False, progress: bool = True) -> dict:
+  """Converts HF checkpoint directory `src` into a vidlada-jax checkpoint at `dst`.
+
+  Returns a summary (tensor and byte counts, seconds).
+  """
+  start = time.perf_counter()
+  src = Path(src)
+  if dtype is not None and dtype not in _DTYPES:
+    raise ValueError(f'--dtype must be one of {_DTYPES}, got {dtype!r}')
+  if mesh is None and jax.process_count() > 1:
+    raise ValueError('a multi-host conversion needs --mesh (each process writes its shards)')
+  raw = read_hf_config(src)
+  layout, config, facts = hf_config.parse(raw)
+  with SafetensorsCheckpoint(src) as tensors:
+    plan = LoadPlan(tensors, config, layout, text_tower=facts.get('text_tower', False))
+    param_dtypes = {p: np.dtype(dtype) if dtype else plan.stored_dtype(p) for p in plan.params}
+    names = {str(d) for d in param_dtypes.values()}
+    model_dtype = dtype or (names.pop() if len(names) == 1 else 'float32')
+    shardings = (flat_params(sharding_lib.param_shardings(plan.abstract_state, mesh, rules))
+                 if mesh is not None else None)
+    replicated = (NamedSharding(mesh, PartitionSpec()) if mesh is not None
+                  else SingleDeviceSharding(jax.local_devices()[0]))
+    total = sum(tensors.nbytes(n) for n in tensors.names)
+    bar = tqdm(total=total, unit='B', unit_scale=True, desc=f'{src.name} -> orbax',
+               disable=not progress or jax.process_index() != 0)
+
+    with jax_checkpoint.staged_output(dst, overwrite) as staging, bar:
+      params = IncrementalSave(staging / jax_checkpoint.PARAMS)
+      for path, variable in plan.params.items():
+        entry = plan.entries[path]
+        value = assemble(tensors, entry, variable.shape, param_dtypes[path], plan.num_layers(entry))
+        target = shardings[path].get_value() if shardings is not None else replicated
+        array = sharding_lib.host_local_array(value, target)
+        del value  # before the write: memory holds one copy of the parameter besides orbax's
+        params.add({path: array})
+        del array
+        bar.update(sum(tensors.nbytes(n) for n in entry.source_names(plan.num_layers(entry))))
+      params.finalize()
+
+      if plan.ignored:
+        passthrough = IncrementalSave(staging / jax_checkpoint.PASSTHROUGH)
+        for i, name in enumerate(plan.ignored):
+          # Host arrays: any dtype (int64 too), written once by the primary process.
+          passthrough.add({f'{i:05d}': tensors.read(name)})
+          bar.update(tensors.nbytes(name))
+        passthrough.finalize()
+
+      manifest = jax_checkpoint.Manifest(
+          model=config.replace(dtype=model_dtype, param_dtype=model_dtype),
+          param_dtypes={p: str(d) for p, d in param_dtypes.items()},
+          source=jax_checkpoint.Source(layout=layout, vision_prefix=plan.vision_prefix,
+                                       config=raw, passthrough=list(plan.ignored)))
+      if jax.process_index() == 0:
+        (staging / jax_checkpoint.MANIFEST).write_text(manifest.to_json())
+      copied = jax_checkpoint.copy_tokenizer_files(src, staging)
+  return dict(layout=layout, params=len(plan.params), passthrough=len(plan.ignored),
+              tokenizer_files=copied, bytes=total, seconds=time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(
+      prog='python -m convert.hf_to_jax', description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--src', required=True, help='PyTorch checkpoint directory')
+  parser.add_argument('--dst', required=True, help='vidlada-jax checkpoint directory to write')
+  parser.add_argument('--dtype', choices=_DTYPES, help='parameter dtype (default: as stored)')
+  parser.add_argument('--mesh', help='shard while converting, e.g. fsdp=8,tensor=1 '
+                                     '(required on multi-host runs)')
+  parser.add_argument('--overwrite', action='store_true',
+                      help='replace a non-empty --dst (only once the new checkpoint is complete)')
+  parser.add_argument('--quiet', action='store_true', help='no progress bar')
+  args = parser.parse_args(argv)
+  try:
+    mesh_and_rules = parse_mesh(args.mesh)
+    mesh, rules = mesh_and_rules if mesh_and_rules else (None, None)
+    summary = convert(args.src, args.dst, dtype=args.dtype, mesh=mesh, rules=rules,
+                      overwrite=args.overwrite, progress=not args.quiet)
+  except (ValueError, FileExistsError) as e:  # CheckpointError and ConfigError are ValueErrors
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(f'wrote {args.dst}: {summary["params"]} parameters from a {summary["layout"]} checkpoint '
+        f'({summary["bytes"] / 1e9:.2f} GB in {summary["seconds"]:.1f}s), '
+        f'{summary["passthrough"]} unused tensor(s) kept, tokenizer files: '
+        f'{", ".join(summary["tokenizer_files"]) or "none"}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
