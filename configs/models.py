@@ -75,7 +75,7 @@ def get_config(arg: str = '8b') -> ml_collections.ConfigDict:
           newline='grid',
           dtype='float32',
           param_dtype='float32',
-          attention='xla',
+          attention='xla_chunked',
           remat=False,
       )
   )

@@ -146,6 +146,25 @@ def copy_tokenizer_files(source: Path, destination: Path) -> list[str]:
   return copied
 
 
+def save(model: VidLaDA, path, *, overwrite: bool = False, tokenizer=None) -> Path:
+  """Writes `model` as a vidlada-jax checkpoint (sharded arrays are written shard by shard, each
+  process its own), with `tokenizer` (a `tokenizers.Tokenizer`) as tokenizer.json."""
+  state = nnx.state(model)
+  params = {p: v.get_value() for p, v in flat_params(state).items()}
+  manifest = Manifest(model=model.config,
+                      param_dtypes={p: str(np.dtype(a.dtype)) for p, a in params.items()})
+  with staged_output(path, overwrite) as staging:
+    writer = orbax_io.IncrementalSave(staging / PARAMS)
+    for name, array in params.items():
+      writer.add({name: array})
+    writer.finalize()
+    if _is_primary():
+      (staging / MANIFEST).write_text(manifest.to_json())
+    if tokenizer is not None and _is_primary():
+      tokenizer.save(str(staging / 'tokenizer.json'))
+  return Path(path)
+
+
 def load(
     path,
     *,

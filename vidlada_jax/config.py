@@ -98,7 +98,7 @@ class ModelConfig:
   tokens: TokenIds = TokenIds()
   dtype: str = 'float32'
   param_dtype: str = 'float32'
-  attention: str = 'xla'
+  attention: str = 'xla_chunked'
   remat: bool = False
 
   def __post_init__(self):

@@ -64,7 +64,7 @@ class IncrementalSave:
 
   def __init__(self, path: str | os.PathLike, *, compress: bool = False,
                batch_bytes: int = 64 * 2**20):
-    self.path = Path(path)
+    self.path = Path(path).absolute()  # orbax wants absolute paths
     self.batch_bytes = batch_bytes
     self._pending: dict[str, Any] = {}
     self._pending_bytes = 0
@@ -107,15 +107,15 @@ def load(path: str | os.PathLike, abstract: dict[str, Any]) -> dict[str, Any]:
   with context:
     with warnings.catch_warnings():
       warnings.filterwarnings('ignore', message='Sharding info not provided')
-      restored = ocp.load(Path(path), nest(abstract))
+      restored = ocp.load(Path(path).absolute(), nest(abstract))
   return flatten(restored)
 
 
 def array_metadata(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
   """'a/b' -> (shape, dtype) of every array stored at `path`."""
-  metadata = ocp.metadata(Path(path)).metadata
+  metadata = ocp.metadata(Path(path).absolute()).metadata
   return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in flatten(metadata).items()}
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
-  return ocp.is_orbax_checkpoint(Path(path))
+  return ocp.is_orbax_checkpoint(Path(path).absolute())

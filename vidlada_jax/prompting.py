@@ -79,6 +79,62 @@ def decode_answer(tokenizer: Tokenizer, tokens: Sequence[int], stop_ids=(TokenId
   return text[:-1].rstrip() if text.endswith('.') else text
 
 
+_ROLES = {'human': 'user', 'gpt': 'assistant', 'user': 'user', 'assistant': 'assistant',
+          'system': 'system'}
+IGNORE = -100
+
+
+def _turns(conversation: Sequence[dict]) -> list[tuple[str, str]]:
+  """(role, content) pairs from LLaVA ({from, value}) or chat ({role, content}) messages."""
+  turns = []
+  for message in conversation:
+    role = message.get('role', message.get('from'))
+    if role not in _ROLES:
+      raise ValueError(f'unknown conversation role {role!r}; expected one of {sorted(_ROLES)}')
+    turns.append((_ROLES[role], message.get('content', message.get('value', ''))))
+  return turns
+
+
+def sft_example(tokenizer: Tokenizer, conversation: Sequence[dict], *,
+                system: str = SYSTEM_PROMPT, tokens: TokenIds = TokenIds()
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """(input_ids, labels) of one training conversation, labelled as the reference does (SPEC 3).
+
+  Every token of an assistant turn carries its label, header and closing `<|eot_id|>` included;
+  in system and user turns only `<|startoftext|>`, `<|start_header_id|>`, `<|end_header_id|>`
+  and `<|eot_id|>` do; all other prompt tokens and the `<image>` placeholder get IGNORE (-100).
+  The system prompt is prepended unless the conversation starts with one.
+  """
+  turns = _turns(conversation)
+  if not turns or turns[0][0] != 'system':
+    turns = [('system', system)] + turns
+  if not any(role == 'assistant' for role, _ in turns):
+    raise ValueError('a training conversation needs at least one assistant turn')
+  specials = np.asarray([tokens.bos, tokens.start_header, tokens.end_header, tokens.eot])
+  ids, labels = [], []
+  for i, (role, content) in enumerate(turns):
+    text = (BOS if i == 0 else '') + f'{START_HEADER}{role}{END_HEADER}\n\n{content.strip()}{EOT}'
+    piece = tokenize(tokenizer, text, tokens.image)
+    keep = np.ones(len(piece), bool) if role == 'assistant' else np.isin(piece, specials)
+    keep &= piece != tokens.image
+    ids.append(piece)
+    labels.append(np.where(keep, piece, IGNORE).astype(np.int32))
+  return np.concatenate(ids), np.concatenate(labels)
+
+
+def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], length: int,
+            pad_id: int = TokenIds().eos) -> tuple[np.ndarray, np.ndarray]:
+  """Right-pads (or truncates) examples to `length`. Padding is EOS as input and as label: the
+  reference attends to the pads and trains them to predict EOS."""
+  ids = np.full((len(examples), length), pad_id, np.int32)
+  labels = np.full((len(examples), length), pad_id, np.int32)
+  for row, (example_ids, example_labels) in enumerate(examples):
+    n = min(len(example_ids), length)
+    ids[row, :n] = example_ids[:n]
+    labels[row, :n] = example_labels[:n]
+  return ids, labels
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
   """The tokenizer of a checkpoint directory (its tokenizer.json), or a tokenizer.json file."""
   path = Path(path)

@@ -1,0 +1,102 @@
+"""launch.sample end to end on a tiny checkpoint and generated videos, and its error messages."""
+
+import json
+
+import numpy as np
+import pytest
+
+import vidlada_jax as vj
+from launch import sample
+from launch.demo import moving_square_clip
+from vidlada_jax import prompting
+from vidlada_jax.video import write_video
+
+FAST = ['--gen-length', '8', '--steps', '8', '--block-length', '8']
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+  root = tmp_path_factory.mktemp('sample')
+  checkpoint = vj.save_checkpoint(vj.init_model(vj.model_config('tiny'), seed=3), root / 'ckpt',
+                                  tokenizer=prompting.tiny_tokenizer())
+  long_clip = write_video(root / 'long.mp4', moving_square_clip(24), fps=4)  # 6 s -> 6 frames
+  short_clip = write_video(root / 'short.mp4', moving_square_clip(12), fps=4)  # 3 s -> 3 frames
+  return root, checkpoint, long_clip, short_clip
+
+
+def run(capsys, *args):
+  code = sample.main([str(a) for a in args])
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
+
+
+def test_single_question_json(files, capsys):
+  root, checkpoint, long_clip, _ = files
+  code, out, err = run(capsys, '--checkpoint', checkpoint, '--video', long_clip,
+                       '--question', 'What moves?', '--json', *FAST)
+  assert code == 0, err
+  result = json.loads(out)
+  (answer,) = result['answers']
+  assert answer['num_frames'] == 6 and len(answer['tokens']) == 8
+  assert answer['prompt_tokens'] > 6 * 210
+  assert {'load_s', 'video_s', 'generate_s', 'tokens_per_s'} <= set(result['timings'])
+  assert result['settings']['gen_length'] == 8
+
+
+def test_batch_file_matches_single_answers(files, capsys):
+  root, checkpoint, long_clip, short_clip = files
+  batch = root / 'batch.jsonl'
+  batch.write_text('\n'.join(json.dumps(r) for r in [
+      {'id': 'a', 'video': str(long_clip), 'question': 'What moves?'},
+      {'id': 'b', 'video': str(short_clip), 'question': 'What colour is the square?'},
+      {'id': 'c', 'video': str(long_clip), 'question': 'Where does it end?'}]))
+  code, out, err = run(capsys, '--checkpoint', checkpoint, '--batch-file', batch, '--json',
+                       '--batch-size', '2', *FAST)
+  assert code == 0, err
+  answers = json.loads(out)['answers']
+  assert [a['id'] for a in answers] == ['a', 'b', 'c']
+  assert [a['num_frames'] for a in answers] == [6, 3, 6]
+  code, out, _ = run(capsys, '--checkpoint', checkpoint, '--video', short_clip,
+                     '--question', 'What colour is the square?', '--json', *FAST)
+  assert json.loads(out)['answers'][0]['tokens'] == answers[1]['tokens']
+
+
+def test_show_layout_prints_segments_and_tokens(files, capsys):
+  root, checkpoint, _, short_clip = files
+  code, out, _ = run(capsys, '--checkpoint', checkpoint, '--video', short_clip, '--question', 'Q?',
+                     '--show-layout', *FAST)
+  assert code == 0
+  assert 'visual  positions' in out and '3 frames x 210 tokens' in out
+  assert 'decoded tokens: [' in out
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--gen-length', '10', '--block-length', '4', '--steps', '4'], 'multiple of block_length'),
+    (['--video', 'missing.mp4'], 'missing.mp4 does not exist'),
+    (['--max-length', '300'], 'exceeds the 300-token context'),
+])
+def test_errors_are_explained(files, capsys, extra, message):
+  root, checkpoint, long_clip, _ = files
+  args = ['--checkpoint', checkpoint, '--video', long_clip, '--question', 'Q?', *FAST, *extra]
+  code, _, err = run(capsys, *args)
+  assert code == 2 and message in err, err
+
+
+def test_corrupt_video_and_bad_batch_file(files, capsys):
+  root, checkpoint, _, _ = files
+  corrupt = root / 'corrupt.mp4'
+  corrupt.write_bytes(b'\x00\x00\x00\x18ftypmp42' + bytes(range(256)) * 8)
+  code, _, err = run(capsys, '--checkpoint', checkpoint, '--video', corrupt, '--question', 'Q?',
+                     *FAST)
+  assert code == 2 and 'corrupt.mp4' in err and 'cannot read video' in err
+  bad = root / 'bad.jsonl'
+  bad.write_text('{"video": "a.mp4", "question": "q"}\n{"video": "b.mp4"}\n')
+  code, _, err = run(capsys, '--checkpoint', checkpoint, '--batch-file', bad, *FAST)
+  assert code == 2 and 'line 2' in err
+
+
+def test_checkpoint_without_tokenizer(files, capsys, tmp_path):
+  root, _, long_clip, _ = files
+  bare = vj.save_checkpoint(vj.init_model(vj.model_config('tiny'), seed=3), tmp_path / 'bare')
+  code, _, err = run(capsys, '--checkpoint', bare, '--video', long_clip, '--question', 'Q?', *FAST)
+  assert code == 2 and 'tokenizer.json' in err
