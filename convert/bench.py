@@ -1,8 +1,9 @@
 """Conversion benchmark: peak memory and throughput of both directions on a synthetic checkpoint.
 
-    python -m convert.bench            3.0 GB checkpoint: real names and 8B shapes, 2 LM layers
-    python -m convert.bench --quick    1.0 GB (vocabulary cut to 32k, 1 LM layer), < 2 minutes
-    python -m convert.bench --json     one JSON object instead of the table
+    python -m convert.bench                 3.1 GB checkpoint: real names and 8B shapes, 2 LM layers
+    python -m convert.bench --lm-layers 6   4.8 GB: peak memory should not move
+    python -m convert.bench --quick         1.1 GB (vocabulary cut to 32k, 1 LM layer), < 2 minutes
+    python -m convert.bench --json          one JSON object instead of the table
 
 Each direction runs in a fresh process that reports its own peak RSS (getrusage) and the RSS it
 had before converting (the Python + JAX runtime); the memory claim is that peak - runtime stays
@@ -51,11 +52,13 @@ def _run_worker(direction: str, src: Path, dst: Path) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(quick: bool, workdir: Path) -> dict:
+def run(quick: bool, workdir: Path, lm_layers: int | None = None) -> dict:
   from convert import inspect
   from convert.synthetic import write_synthetic_checkpoint
 
-  shape = QUICK if quick else FULL
+  shape = dict(QUICK if quick else FULL)
+  if lm_layers:
+    shape['lm_layers'] = lm_layers
   start = time.perf_counter()
   facts = write_synthetic_checkpoint(workdir / 'hf', **shape)
   generated = time.perf_counter() - start
@@ -96,6 +99,7 @@ def main(argv=None) -> int:
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--quick', action='store_true', help='1 GB checkpoint, under two minutes')
   parser.add_argument('--json', action='store_true', help='print one JSON object')
+  parser.add_argument('--lm-layers', type=int, help='LM layers of the synthetic checkpoint')
   parser.add_argument('--workdir', help='where to write the checkpoints (default: a temp dir)')
   parser.add_argument('--worker', nargs=3, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -103,7 +107,7 @@ def main(argv=None) -> int:
     _worker(*args.worker)
     return 0
   with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
-    result = run(args.quick, Path(workdir))
+    result = run(args.quick, Path(workdir), args.lm_layers)
   if args.json:
     print(json.dumps(result))
   else:

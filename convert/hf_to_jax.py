@@ -4,10 +4,11 @@
                                 [--mesh fsdp=8,tensor=1] [--overwrite]
 
 Reads any layout `vj.from_pretrained` accepts (LLaDA-V/VidLaDA combined or LM-only, original
-LLaDA, standalone SigLIP), validates it completely from the file headers, then converts parameter
-by parameter: the tensors of one parameter are read, put into our layout (and `--dtype`, by default
-the stored dtype, so a round trip is bit-exact), placed in their shardings on `--mesh`, and written
-to orbax before the next is read. Peak memory is a few times the largest parameter, not the model.
+LLaDA, standalone SigLIP), validates it completely from the file headers, then converts tensor
+by tensor: each tensor is read, put into our layout (and `--dtype`, by default the stored dtype,
+so a round trip is bit-exact), placed in its sharding on `--mesh`, and written to orbax before the
+next is read (parameters stacked over layers are stored one array per layer). Peak memory is a
+few times the largest tensor, whatever the number of layers.
 Tensors the model does not use (the 27th vision layer, the pooling head) are carried in
 `passthrough/` so that `convert.jax_to_hf` reproduces the source. Tokenizer files are copied.
 `vj.from_pretrained(OUT_DIR)` loads the result, restoring straight into the requested shardings.
@@ -29,7 +30,7 @@ from vidlada_jax import checkpoint as jax_checkpoint
 from vidlada_jax import sharding as sharding_lib
 from vidlada_jax.hf import config as hf_config
 from vidlada_jax.hf.safetensors_io import SafetensorsCheckpoint
-from vidlada_jax.loading import LoadPlan, assemble, read_hf_config
+from vidlada_jax.loading import LoadPlan, read_hf_config
 from vidlada_jax.orbax_io import IncrementalSave
 from vidlada_jax.params import flat_params
 
@@ -85,15 +86,18 @@ def convert(src, dst, *, dtype: str | None = None, mesh: Mesh | None = None, rul
 
     with jax_checkpoint.staged_output(dst, overwrite) as staging, bar:
       params = IncrementalSave(staging / jax_checkpoint.PARAMS)
-      for path, variable in plan.params.items():
-        entry = plan.entries[path]
-        value = assemble(tensors, entry, variable.shape, param_dtypes[path], plan.num_layers(entry))
+      for path in plan.params:
         target = shardings[path].get_value() if shardings is not None else replicated
-        array = sharding_lib.host_local_array(value, target)
-        del value  # before the write: memory holds one copy of the parameter besides orbax's
-        params.add({path: array})
-        del array
-        bar.update(sum(tensors.nbytes(n) for n in entry.source_names(plan.num_layers(entry))))
+        entry = plan.entries[path]
+        if entry.stacked:  # one layer's tensor at a time, stored one array per layer
+          layer_target = jax_checkpoint.without_layer_axis(target)
+          for i, name in enumerate(entry.source_names(plan.num_layers(entry))):
+            array = plan.place_layer(path, i, param_dtypes[path], layer_target)
+            params.add({jax_checkpoint.layer_key(path, i): array})
+            bar.update(tensors.nbytes(name))
+        else:
+          params.add({path: plan.place(path, param_dtypes[path], target)})
+          bar.update(plan.source_bytes(path))
       params.finalize()
 
       if plan.ignored:

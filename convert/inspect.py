@@ -57,8 +57,8 @@ class JaxView:
   def __init__(self, path: Path):
     self.path = path
     self.manifest = jax_checkpoint.read_manifest(path)
-    self.stored = orbax_io.array_metadata(path / jax_checkpoint.PARAMS)
-    self.specs = {p: (safetensors_dtype(d), s) for p, (s, d) in self.stored.items()}
+    self.stored = jax_checkpoint.stored_params(path / jax_checkpoint.PARAMS)
+    self.specs = {p: (safetensors_dtype(s.dtype), s.shape) for p, s in self.stored.items()}
     self.passthrough = {}  # 'passthrough:NAME' -> (stored key, shape, dtype)
     source = self.manifest.source
     if source and source.passthrough:
@@ -73,8 +73,13 @@ class JaxView:
       stored_key, shape, dtype = self.passthrough[key]
       return jax_checkpoint.load_host_array(
           self.path / jax_checkpoint.PASSTHROUGH, stored_key, shape, dtype)
-    shape, dtype = self.stored[key]
-    return jax_checkpoint.load_host_array(self.path / jax_checkpoint.PARAMS, key, shape, dtype)
+    stored = self.stored[key]
+    params = self.path / jax_checkpoint.PARAMS
+    if stored.layers is None:
+      return jax_checkpoint.load_host_array(params, key, stored.shape, stored.dtype)
+    return np.stack([jax_checkpoint.load_host_array(params, jax_checkpoint.layer_key(key, i),
+                                                    stored.shape[1:], stored.dtype)
+                     for i in range(stored.layers)])
 
   def stream(self) -> Iterator[tuple[str, np.ndarray]]:
     for key in self.specs:

@@ -8,8 +8,8 @@ Writes safetensors with the reference's tensor names and PyTorch layouts (`Linea
 several files, and a `config.json` the reference code reads (the original one when exporting to
 the layout the weights came from). The default layout is the source's; `llada_v` writes the
 LLaDA-V/VidLaDA names (combined when the model has a vision tower), `llada` the original LLaDA
-names (language model only). Parameters are restored and written one at a time, each tensor
-straight to its offset in its file, so memory holds one parameter, never a whole shard.
+names (language model only). Tensors are restored and written one at a time, each straight to
+its offset in its file, so memory holds one tensor, never a whole shard.
 """
 
 from __future__ import annotations
@@ -75,17 +75,18 @@ class ExportPlan:
     self.src, self.layout, self.config, self.dtype = src, layout, config, dtype
     self.table = layouts.tensor_table(config, layout, prefix)
     self.params_dir = src / jax_checkpoint.PARAMS
-    self.stored = orbax_io.array_metadata(self.params_dir)
+    self.stored = jax_checkpoint.stored_params(self.params_dir)
     missing = [e.param for e in self.table if e.param not in self.stored]
     if missing:
       raise CheckpointError(f'{self.params_dir} lacks parameters the export needs: {missing}')
 
     self.specs: list[TensorSpec] = []
     for entry in self.table:
-      shape, stored_dtype = self.stored[entry.param]
-      torch_shape = tuple(entry.transform.torch_shape(shape[1:] if entry.stacked else shape))
+      stored = self.stored[entry.param]
+      torch_shape = tuple(entry.transform.torch_shape(
+          stored.shape[1:] if entry.stacked else stored.shape))
       for name in self._names(entry):
-        self.specs.append(TensorSpec(name, torch_shape, safetensors_dtype(self._out(stored_dtype))))
+        self.specs.append(TensorSpec(name, torch_shape, safetensors_dtype(self._out(stored.dtype))))
 
     self.passthrough = []
     if same_as_source and source.passthrough:
@@ -139,14 +140,18 @@ class ExportPlan:
     return sum(s.nbytes for s in self.specs)
 
   def tensors(self) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, PyTorch-layout array) for every spec, restoring one parameter at a time."""
+    """(name, PyTorch-layout array) for every spec, restoring one stored array at a time."""
     for entry in self.table:
-      shape, stored_dtype = self.stored[entry.param]
-      value = jax_checkpoint.load_host_array(self.params_dir, entry.param, shape,
-                                             self._out(stored_dtype))
+      stored = self.stored[entry.param]
+      dtype = self._out(stored.dtype)
+      if stored.layers is None:
+        value = jax_checkpoint.load_host_array(self.params_dir, entry.param, stored.shape, dtype)
+        yield entry.source, entry.transform.to_torch(value)
+        continue
       for i, name in enumerate(self._names(entry)):
-        yield name, entry.transform.to_torch(value[i] if entry.stacked else value)
-      del value
+        key = jax_checkpoint.layer_key(entry.param, i)
+        value = jax_checkpoint.load_host_array(self.params_dir, key, stored.shape[1:], dtype)
+        yield name, entry.transform.to_torch(value)
     for key, name, shape, stored_dtype, dtype_out in self.passthrough:
       value = jax_checkpoint.load_host_array(self.src / jax_checkpoint.PASSTHROUGH, key, shape,
                                              stored_dtype)

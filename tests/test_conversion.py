@@ -324,3 +324,21 @@ def test_inspect_reports_differences(tmp_path, capsys, combined):
   assert 'values differ: model.norm.weight' in out
   assert inspect.main([str(a)]) == 0
   assert 'PyTorch checkpoint: 90 tensors' in capsys.readouterr().out
+
+
+def test_export_of_a_model_made_in_jax(tmp_path):
+  """No source checkpoint: config.json is generated, and it loads back to the same model."""
+  model = vj.init_model(vj.model_config('tiny'), seed=4)
+  vj.save_checkpoint(model, tmp_path / 'jax')
+  assert jax_to_hf.main(['--src', str(tmp_path / 'jax'), '--dst', str(tmp_path / 'hf'),
+                         '--quiet']) == 0
+  config = json.loads((tmp_path / 'hf' / 'config.json').read_text())
+  assert config['mm_projector_type'] == 'mlp2x_gelu' and config['vision_config']['num_hidden_layers'] == 2
+  back = vj.from_pretrained(tmp_path / 'hf', progress=False)
+  assert back.config == model.config
+  np.testing.assert_array_equal(np.asarray(back(IDS, PIXELS)), np.asarray(model(IDS, PIXELS)))
+  assert jax_to_hf.main(['--src', str(tmp_path / 'jax'), '--dst', str(tmp_path / 'llada'),
+                         '--layout', 'llada', '--quiet']) == 0
+  lm = vj.from_pretrained(tmp_path / 'llada', progress=False)
+  np.testing.assert_array_equal(np.asarray(lm.lm_logits(IDS[:, 4:])),
+                                np.asarray(model.lm_logits(IDS[:, 4:])))

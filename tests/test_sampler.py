@@ -5,13 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.extend.core import jaxprs_in_params
 
 import vidlada_jax as vj
 from tests import torch_reference as ref
 from tests.sampler_reference import reference_generate
 from vidlada_jax import sampling
-
-from jax.extend.core import jaxprs_in_params
 
 
 @pytest.fixture(scope='module')

@@ -3,7 +3,10 @@
     DIR/vidlada_config.json   format version, the ModelConfig, each parameter's stored dtype, and
                               where the weights came from (layout, name prefix, the original
                               config.json, the names of tensors the model does not use)
-    DIR/params/               orbax pytree of the model parameters ('lm/layers/mlp/up_proj/kernel')
+    DIR/params/               orbax pytree of the model parameters ('lm/norm/weight'); a parameter
+                              stacked over layers is stored one array per layer
+                              ('lm/layers/mlp/up_proj/kernel/0', '.../1', ...), so converters
+                              write and read one layer's tensor at a time
     DIR/passthrough/          orbax pytree of the source tensors the model ignores (the 27th
                               vision layer, the pooling head, a text tower), kept so that an
                               export reproduces the source checkpoint tensor for tensor
@@ -24,10 +27,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, SingleDeviceSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from vidlada_jax import orbax_io
 from vidlada_jax import sharding as sharding_lib
@@ -146,17 +150,70 @@ def copy_tokenizer_files(source: Path, destination: Path) -> list[str]:
   return copied
 
 
+def layer_key(param: str, layer: int) -> str:
+  """Where layer `layer` of a stacked parameter is stored."""
+  return f'{param}/{layer}'
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredParam:
+  shape: tuple[int, ...]  # the parameter's full shape ([layers, ...] when stacked)
+  dtype: np.dtype
+  layers: int | None  # stored as this many per-layer arrays, or None: one array
+
+
+def stored_params(params_dir) -> dict[str, StoredParam]:
+  """Every parameter stored in `params_dir`, per-layer arrays gathered back into one entry."""
+  single: dict[str, StoredParam] = {}
+  per_layer: dict[str, dict[int, tuple]] = {}
+  for key, (shape, dtype) in orbax_io.array_metadata(params_dir).items():
+    param, _, last = key.rpartition('/')
+    if last.isdigit():
+      per_layer.setdefault(param, {})[int(last)] = (shape, dtype)
+    else:
+      single[key] = StoredParam(shape, dtype, None)
+  for param, layers in per_layer.items():
+    if sorted(layers) != list(range(len(layers))) or len(set(layers.values())) != 1:
+      raise CheckpointError(f'{params_dir}: the layers of {param} are incomplete or disagree in '
+                            f'shape/dtype: {sorted(layers)}')
+    shape, dtype = layers[0]
+    single[param] = StoredParam((len(layers),) + tuple(shape), dtype, len(layers))
+  return single
+
+
+def without_layer_axis(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding:
+  """The sharding of one layer of a parameter stacked with `sharding`."""
+  if isinstance(sharding, NamedSharding):
+    return NamedSharding(sharding.mesh, PartitionSpec(*sharding.spec[1:]))
+  return sharding
+
+
+def read_param(params_dir, param: str, stored: StoredParam, dtype, sharding) -> jax.Array:
+  """One parameter restored into `sharding` and `dtype` (each process reads only its chunks)."""
+  if stored.layers is None:
+    target = jax.ShapeDtypeStruct(stored.shape, dtype, sharding=sharding)
+    return orbax_io.load(params_dir, {param: target})[param]
+  layer = jax.ShapeDtypeStruct(stored.shape[1:], dtype, sharding=without_layer_axis(sharding))
+  keys = [layer_key(param, i) for i in range(stored.layers)]
+  pieces = orbax_io.load(params_dir, {key: layer for key in keys})
+  return jax.jit(jnp.stack, out_shardings=sharding)([pieces[key] for key in keys])
+
+
 def save(model: VidLaDA, path, *, overwrite: bool = False, tokenizer=None) -> Path:
   """Writes `model` as a vidlada-jax checkpoint (sharded arrays are written shard by shard, each
   process its own), with `tokenizer` (a `tokenizers.Tokenizer`) as tokenizer.json."""
-  state = nnx.state(model)
-  params = {p: v.get_value() for p, v in flat_params(state).items()}
-  manifest = Manifest(model=model.config,
-                      param_dtypes={p: str(np.dtype(a.dtype)) for p, a in params.items()})
+  variables = flat_params(nnx.state(model))
+  manifest = Manifest(model=model.config, param_dtypes={
+      p: str(np.dtype(v.get_value().dtype)) for p, v in variables.items()})
   with staged_output(path, overwrite) as staging:
     writer = orbax_io.IncrementalSave(staging / PARAMS)
-    for name, array in params.items():
-      writer.add({name: array})
+    for name, variable in variables.items():
+      array = variable.get_value()
+      if sharding_lib.logical_axes(variable)[:1] == ('layers',):
+        for i in range(array.shape[0]):
+          writer.add({layer_key(name, i): array[i]})
+      else:
+        writer.add({name: array})
     writer.finalize()
     if _is_primary():
       (staging / MANIFEST).write_text(manifest.to_json())
@@ -185,11 +242,11 @@ def load(
       dtype=dtype, param_dtype=param_dtype or dtype, attention=attention or manifest.model.attention)
   graphdef, abstract_state = abstract_model(config)
   params = flat_params(abstract_state)
-  stored = orbax_io.array_metadata(path / PARAMS)
+  stored = stored_params(path / PARAMS)
   missing = sorted(set(params) - set(stored))
   unexpected = sorted(set(stored) - set(params))
-  mismatched = [f'{p}: stored {list(stored[p][0])}, model needs {list(params[p].shape)}'
-                for p in sorted(set(params) & set(stored)) if stored[p][0] != params[p].shape]
+  mismatched = [f'{p}: stored {list(stored[p].shape)}, model needs {list(params[p].shape)}'
+                for p in sorted(set(params) & set(stored)) if stored[p].shape != params[p].shape]
   if missing or unexpected or mismatched:
     raise CheckpointError(
         f'{path / PARAMS} does not match its manifest: missing {missing}, unexpected '
@@ -200,10 +257,9 @@ def load(
   else:
     device = SingleDeviceSharding(jax.devices()[0])
     sharding_of = lambda p: device
-  abstract = {p: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding_of(p))
-              for p, v in params.items()}
-  restored = orbax_io.load(path / PARAMS, abstract)
-  state = map_params(lambda p, v: v.replace(restored[p]), abstract_state)
+  state = map_params(
+      lambda p, v: v.replace(read_param(path / PARAMS, p, stored[p], v.dtype, sharding_of(p))),
+      abstract_state)
   return nnx.merge(graphdef, state)
 
 

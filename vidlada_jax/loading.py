@@ -52,11 +52,11 @@ def _listing(names) -> str:
 class LoadPlan:
   """Which checkpoint tensor(s) make each parameter, checked against the files' headers."""
 
-  def __init__(self, checkpoint: SafetensorsCheckpoint, config: ModelConfig, layout: str,
+  def __init__(self, tensors: SafetensorsCheckpoint, config: ModelConfig, layout: str,
                *, text_tower: bool = False):
     self.config = config
     self.layout = layout
-    names = checkpoint.names
+    names = tensors.names
     self.vision_prefix = (
         layouts.vision_prefix_of(names) if layout == layouts.SIGLIP
         else layouts.COMBINED_VISION_PREFIX)
@@ -81,7 +81,7 @@ class LoadPlan:
       entry, layer = expected[name]
       shape = self.params[entry.param].shape
       want = entry.transform.torch_shape(shape[1:] if layer is not None else shape)
-      info = checkpoint.info(name)
+      info = tensors.info(name)
       if tuple(info.shape) != tuple(want):
         errors.append(f'tensor {name} has shape {list(info.shape)}, expected {list(want)} '
                       f'(for parameter {entry.param})')
@@ -89,9 +89,9 @@ class LoadPlan:
         errors.append(f'tensor {name} has dtype {info.dtype}, expected a float dtype')
     if errors:
       raise CheckpointError(
-          f'checkpoint {checkpoint.directory} ({layout} layout) does not match the model its '
+          f'checkpoint {tensors.directory} ({layout} layout) does not match the model its '
           'config.json describes:\n  ' + '\n  '.join(errors))
-    self.checkpoint = checkpoint
+    self.tensors = tensors
     self.entries = {entry.param: entry for entry in self.table}
 
   def num_layers(self, entry: layouts.TensorMap) -> int:
@@ -101,22 +101,46 @@ class LoadPlan:
     """The dtype a parameter is stored in; its per-layer tensors must agree."""
     entry = self.entries[param]
     names = entry.source_names(self.num_layers(entry))
-    dtypes = {self.checkpoint.info(n).dtype for n in names}
+    dtypes = {self.tensors.info(n).dtype for n in names}
     if len(dtypes) > 1:
-      listing = ', '.join(f'{n}: {self.checkpoint.info(n).dtype}' for n in names)
+      listing = ', '.join(f'{n}: {self.tensors.info(n).dtype}' for n in names)
       raise CheckpointError(
           f'the tensors of parameter {param} mix dtypes ({listing}); pass a dtype to convert to')
     return np.dtype(numpy_dtype(dtypes.pop()))
 
+  def source_bytes(self, param: str) -> int:
+    entry = self.entries[param]
+    return sum(self.tensors.nbytes(n) for n in entry.source_names(self.num_layers(entry)))
 
-def assemble(checkpoint: SafetensorsCheckpoint, entry: layouts.TensorMap, shape, dtype,
+  def place(self, param: str, dtype, sharding: jax.sharding.Sharding) -> jax.Array:
+    """One parameter, read and converted on the host, then placed in `sharding` (each process
+    puts only its own shards on its devices); the host copy is dropped on return."""
+    entry = self.entries[param]
+    value = assemble(self.tensors, entry, self.params[param].shape, dtype, self.num_layers(entry))
+    return sharding_lib.host_local_array(value, sharding)
+
+  def place_layer(self, param: str, layer: int, dtype, sharding) -> jax.Array:
+    """Layer `layer` of a stacked parameter alone: one checkpoint tensor."""
+    entry = self.entries[param]
+    name = entry.source_names(self.num_layers(entry))[layer]
+    value = convert_tensor(self.tensors, entry, name, self.params[param].shape[1:], dtype)
+    return sharding_lib.host_local_array(value, sharding)
+
+
+def convert_tensor(tensors: SafetensorsCheckpoint, entry: layouts.TensorMap, name: str, shape,
+                   dtype) -> np.ndarray:
+  """Checkpoint tensor `name` in our layout (`shape`) and `dtype`."""
+  return np.asarray(entry.transform.to_jax(tensors.read(name), shape), dtype)
+
+
+def assemble(tensors: SafetensorsCheckpoint, entry: layouts.TensorMap, shape, dtype,
              num_layers: int) -> np.ndarray:
   """The host value of one parameter in our layout and `dtype`, read tensor by tensor."""
   if not entry.stacked:
-    return np.asarray(entry.transform.to_jax(checkpoint.read(entry.source), shape), dtype)
+    return convert_tensor(tensors, entry, entry.source, shape, dtype)
   value = np.empty(shape, dtype)
   for i, name in enumerate(entry.source_names(num_layers)):
-    value[i] = entry.transform.to_jax(checkpoint.read(name), shape[1:])
+    value[i] = entry.transform.to_jax(tensors.read(name), shape[1:])
   return value
 
 
@@ -130,23 +154,22 @@ def load_safetensors(
     text_tower: bool = False,
     progress: bool = True,
 ) -> VidLaDA:
-  with SafetensorsCheckpoint(directory) as checkpoint:
-    plan = LoadPlan(checkpoint, config, layout, text_tower=text_tower)
+  with SafetensorsCheckpoint(directory) as tensors:
+    plan = LoadPlan(tensors, config, layout, text_tower=text_tower)
     if mesh is not None:
       shardings = flat_params(sharding_lib.param_shardings(plan.abstract_state, mesh, rules))
-    by_param = {entry.param: entry for entry in plan.table}
+      sharding_of = lambda path: shardings[path].get_value()
+    else:
+      device = SingleDeviceSharding(jax.devices()[0])
+      sharding_of = lambda path: device
     total = sum(v.size * v.dtype.itemsize for v in plan.params.values())
     bar = tqdm(total=total, unit='B', unit_scale=True, desc=f'loading {Path(directory).name}',
                disable=not progress)
 
     def load_param(path: str, variable: nnx.Variable) -> nnx.Variable:
-      entry = by_param[path]
-      value = assemble(checkpoint, entry, variable.shape, variable.dtype,
-                       layouts.num_layers_of(config, entry))
-      target = (shardings[path].get_value() if mesh is not None
-                else SingleDeviceSharding(jax.devices()[0]))
-      bar.update(value.nbytes)
-      return variable.replace(sharding_lib.host_local_array(value, target))
+      array = plan.place(path, variable.dtype, sharding_of(path))
+      bar.update(array.nbytes)
+      return variable.replace(array)
 
     with bar:
       state = map_params(load_param, plan.abstract_state)
@@ -181,15 +204,16 @@ def from_pretrained(
     param_dtype: parameter dtype; defaults to `dtype`.
     mesh, rules: place every parameter directly in its sharding on `mesh` under the logical-axis
       `rules` (see `configs/mesh.py` and `vidlada_jax.sharding.mesh_from_config`).
-    attention: attention backend name (default "xla").
+    attention: attention backend name (default "xla_chunked"; see vidlada_jax.nn.attention).
     progress: show a progress bar.
   """
   directory = Path(path)
   if (mesh is None) != (rules is None):
-    raise ValueError('pass both mesh and rules (see vidlada_jax.sharding.mesh_from_config), or neither')
+    raise ValueError('pass both mesh and rules (see sharding.mesh_from_config), or neither')
   if jax_checkpoint.is_checkpoint(directory):
-    return jax_checkpoint.load(directory, dtype=_dtype_name(dtype), param_dtype=_dtype_name(param_dtype),
-                           mesh=mesh, rules=rules, attention=attention)
+    return jax_checkpoint.load(directory, dtype=_dtype_name(dtype),
+                               param_dtype=_dtype_name(param_dtype), mesh=mesh, rules=rules,
+                               attention=attention)
   raw = read_hf_config(directory)
   layout, config, facts = hf_config.parse(raw)
   dtype = _dtype_name(dtype) or raw.get('torch_dtype') or raw.get('dtype') or 'float32'
@@ -201,7 +225,8 @@ def from_pretrained(
       text_tower=facts.get('text_tower', False), progress=progress)
 
 
-def init_model(config: ModelConfig, seed: int = 0, *, mesh: Mesh | None = None, rules=None) -> VidLaDA:
+def init_model(config: ModelConfig, seed: int = 0, *, mesh: Mesh | None = None,
+               rules=None) -> VidLaDA:
   """A randomly initialised model, created directly in its shardings when `mesh` is given."""
   make = lambda: VidLaDA(config, rngs=nnx.Rngs(seed))
   if mesh is None:
