@@ -1,7 +1,6 @@
 """Every attention backend computes the dense reference's function."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

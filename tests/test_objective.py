@@ -2,7 +2,6 @@
 gradients."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch

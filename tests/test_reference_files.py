@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import jinja2
-import pytest
 
 import vidlada_jax as vj
 from vidlada_jax import prompting

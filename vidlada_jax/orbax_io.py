@@ -19,7 +19,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 from orbax.checkpoint.experimental import v1 as ocp
 

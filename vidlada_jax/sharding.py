@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from vidlada_jax.params import is_variable, map_params
+from vidlada_jax.params import flat_params, map_params
 
 Rules = Sequence[tuple[str, Any]]
 
@@ -114,9 +114,9 @@ def create_sharded(make_model, mesh: Mesh, rules: Rules):
 def place(model, mesh: Mesh, rules: Rules):
   """Moves an existing model's parameters into their shardings (copies one array at a time)."""
   graphdef, state = nnx.split(model)
-  shardings = param_shardings(state, mesh, rules)
-  state = jax.tree.map(
-      lambda v, s: v.replace(jax.device_put(v.get_value(), s.get_value())), state, shardings, is_leaf=is_variable)
+  shardings = flat_params(param_shardings(state, mesh, rules))
+  state = map_params(
+      lambda path, v: v.replace(jax.device_put(v.get_value(), shardings[path].get_value())), state)
   return nnx.merge(graphdef, state)
 
 
