@@ -23,7 +23,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from vidlada_jax import checkpoint as jax_checkpoint
@@ -32,7 +32,6 @@ from vidlada_jax.hf import config as hf_config
 from vidlada_jax.hf.safetensors_io import SafetensorsCheckpoint
 from vidlada_jax.loading import LoadPlan, read_hf_config
 from vidlada_jax.orbax_io import IncrementalSave
-from vidlada_jax.params import flat_params
 
 _DTYPES = ('bfloat16', 'float32', 'float16')
 
@@ -76,10 +75,7 @@ def convert(src, dst, *, dtype: str | None = None, mesh: Mesh | None = None, rul
     param_dtypes = {p: np.dtype(dtype) if dtype else plan.stored_dtype(p) for p in plan.params}
     names = {str(d) for d in param_dtypes.values()}
     model_dtype = dtype or (names.pop() if len(names) == 1 else 'float32')
-    shardings = (flat_params(sharding_lib.param_shardings(plan.abstract_state, mesh, rules))
-                 if mesh is not None else None)
-    replicated = (NamedSharding(mesh, PartitionSpec()) if mesh is not None
-                  else SingleDeviceSharding(jax.local_devices()[0]))
+    shardings = sharding_lib.target_shardings(plan.abstract_state, mesh, rules)
     total = sum(tensors.nbytes(n) for n in tensors.names)
     bar = tqdm(total=total, unit='B', unit_scale=True, desc=f'{src.name} -> orbax',
                disable=not progress or jax.process_index() != 0)
@@ -87,7 +83,7 @@ def convert(src, dst, *, dtype: str | None = None, mesh: Mesh | None = None, rul
     with jax_checkpoint.staged_output(dst, overwrite) as staging, bar:
       params = IncrementalSave(staging / jax_checkpoint.PARAMS)
       for path in plan.params:
-        target = shardings[path].get_value() if shardings is not None else replicated
+        target = shardings[path]
         entry = plan.entries[path]
         if entry.stacked:  # one layer's tensor at a time, stored one array per layer
           layer_target = jax_checkpoint.without_layer_axis(target)
@@ -104,7 +100,7 @@ def convert(src, dst, *, dtype: str | None = None, mesh: Mesh | None = None, rul
         passthrough = IncrementalSave(staging / jax_checkpoint.PASSTHROUGH)
         for i, name in enumerate(plan.ignored):
           # Host arrays: any dtype (int64 too), written once by the primary process.
-          passthrough.add({f'{i:05d}': tensors.read(name)})
+          passthrough.add({jax_checkpoint.passthrough_key(i): tensors.read(name)})
           bar.update(tensors.nbytes(name))
         passthrough.finalize()
 

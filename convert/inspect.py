@@ -21,7 +21,6 @@ from typing import Iterator
 import numpy as np
 
 from vidlada_jax import checkpoint as jax_checkpoint
-from vidlada_jax import orbax_io
 from vidlada_jax.hf import config as hf_config
 from vidlada_jax.hf.safetensors_io import SafetensorsCheckpoint, numpy_dtype, safetensors_dtype
 
@@ -56,23 +55,18 @@ class JaxView:
 
   def __init__(self, path: Path):
     self.path = path
-    self.manifest = jax_checkpoint.read_manifest(path)
     self.stored = jax_checkpoint.stored_params(path / jax_checkpoint.PARAMS)
     self.specs = {p: (safetensors_dtype(s.dtype), s.shape) for p, s in self.stored.items()}
-    self.passthrough = {}  # 'passthrough:NAME' -> (stored key, shape, dtype)
-    source = self.manifest.source
-    if source and source.passthrough:
-      kept = orbax_io.array_metadata(path / jax_checkpoint.PASSTHROUGH)
-      for i, name in enumerate(source.passthrough):
-        shape, dtype = kept[f'{i:05d}']
-        self.passthrough[f'passthrough:{name}'] = (f'{i:05d}', shape, dtype)
-        self.specs[f'passthrough:{name}'] = (safetensors_dtype(dtype), shape)
+    self.passthrough = {f'passthrough:{t.name}': t
+                        for t in jax_checkpoint.stored_passthrough(path)}
+    for key, tensor in self.passthrough.items():
+      self.specs[key] = (safetensors_dtype(tensor.dtype), tensor.shape)
 
   def get(self, key: str) -> np.ndarray:
     if key in self.passthrough:
-      stored_key, shape, dtype = self.passthrough[key]
+      tensor = self.passthrough[key]
       return jax_checkpoint.load_host_array(
-          self.path / jax_checkpoint.PASSTHROUGH, stored_key, shape, dtype)
+          self.path / jax_checkpoint.PASSTHROUGH, tensor.key, tensor.shape, tensor.dtype)
     stored = self.stored[key]
     params = self.path / jax_checkpoint.PARAMS
     if stored.layers is None:

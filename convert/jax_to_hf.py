@@ -27,7 +27,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vidlada_jax import checkpoint as jax_checkpoint
-from vidlada_jax import orbax_io
 from vidlada_jax.hf import config as hf_config
 from vidlada_jax.hf import layouts
 from vidlada_jax.hf.safetensors_io import (CheckpointError, ShardedSafetensorsWriter, TensorSpec,
@@ -90,18 +89,18 @@ class ExportPlan:
 
     self.passthrough = []
     if same_as_source and source.passthrough:
-      kept = orbax_io.array_metadata(src / jax_checkpoint.PASSTHROUGH)
-      for i, name in enumerate(source.passthrough):
-        shape, stored_dtype = kept[f'{i:05d}']
-        dtype_out = self._out(stored_dtype) if stored_dtype.kind == 'f' else stored_dtype
-        self.passthrough.append((f'{i:05d}', name, shape, stored_dtype, dtype_out))
-        self.specs.append(TensorSpec(name, tuple(shape), safetensors_dtype(dtype_out)))
+      for tensor in jax_checkpoint.stored_passthrough(src):
+        dtype_out = self._out(tensor.dtype) if tensor.dtype.kind == 'f' else tensor.dtype
+        self.passthrough.append((tensor, dtype_out))
+        self.specs.append(TensorSpec(tensor.name, tuple(tensor.shape),
+                                     safetensors_dtype(dtype_out)))
     elif source and source.passthrough:
       self.notes.append(
           f'{len(source.passthrough)} tensor(s) the model does not use (e.g. '
           f'{source.passthrough[0]}) belong to the source layout and are not exported')
     if layout == layouts.SIGLIP and not any(
-        re.search(rf'encoder\.layers\.{config.vision.num_layers}\.', p[1]) for p in self.passthrough):
+        re.search(rf'encoder\.layers\.{config.vision.num_layers}\.', t.name)
+        for t, _ in self.passthrough):
       raise ValueError(
           'a standalone SigLIP checkpoint counts the layer the reference drops, and this '
           'checkpoint does not hold it (it was not converted from a standalone SigLIP tower); '
@@ -152,10 +151,10 @@ class ExportPlan:
         key = jax_checkpoint.layer_key(entry.param, i)
         value = jax_checkpoint.load_host_array(self.params_dir, key, stored.shape[1:], dtype)
         yield name, entry.transform.to_torch(value)
-    for key, name, shape, stored_dtype, dtype_out in self.passthrough:
-      value = jax_checkpoint.load_host_array(self.src / jax_checkpoint.PASSTHROUGH, key, shape,
-                                             stored_dtype)
-      yield name, value.astype(dtype_out, copy=False)
+    for tensor, dtype_out in self.passthrough:
+      value = jax_checkpoint.load_host_array(self.src / jax_checkpoint.PASSTHROUGH, tensor.key,
+                                             tensor.shape, tensor.dtype)
+      yield tensor.name, value.astype(dtype_out, copy=False)
 
 
 def export(src, dst, *, layout: str | None = None, max_shard_size: str = '5GB',

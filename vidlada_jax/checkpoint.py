@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vidlada_jax import orbax_io
 from vidlada_jax import sharding as sharding_lib
@@ -150,6 +150,29 @@ def copy_tokenizer_files(source: Path, destination: Path) -> list[str]:
   return copied
 
 
+def passthrough_key(index: int) -> str:
+  """Where the `index`-th unused source tensor is stored in passthrough/."""
+  return f'{index:05d}'
+
+
+@dataclasses.dataclass(frozen=True)
+class PassthroughTensor:
+  key: str  # in passthrough/
+  name: str  # in the source checkpoint
+  shape: tuple[int, ...]
+  dtype: np.dtype
+
+
+def stored_passthrough(path) -> list[PassthroughTensor]:
+  """The unused source tensors a checkpoint carries, in the source's order."""
+  source = read_manifest(path).source
+  if not source or not source.passthrough:
+    return []
+  kept = orbax_io.array_metadata(Path(path) / PASSTHROUGH)
+  return [PassthroughTensor(passthrough_key(i), name, *kept[passthrough_key(i)])
+          for i, name in enumerate(source.passthrough)]
+
+
 def layer_key(param: str, layer: int) -> str:
   """Where layer `layer` of a stacked parameter is stored."""
   return f'{param}/{layer}'
@@ -251,14 +274,9 @@ def load(
     raise CheckpointError(
         f'{path / PARAMS} does not match its manifest: missing {missing}, unexpected '
         f'{unexpected}, shape mismatches {mismatched}')
-  if mesh is not None:
-    shardings = flat_params(sharding_lib.param_shardings(abstract_state, mesh, rules))
-    sharding_of = lambda p: shardings[p].get_value()
-  else:
-    device = SingleDeviceSharding(jax.devices()[0])
-    sharding_of = lambda p: device
+  shardings = sharding_lib.target_shardings(abstract_state, mesh, rules)
   state = map_params(
-      lambda p, v: v.replace(read_param(path / PARAMS, p, stored[p], v.dtype, sharding_of(p))),
+      lambda p, v: v.replace(read_param(path / PARAMS, p, stored[p], v.dtype, shardings[p])),
       abstract_state)
   return nnx.merge(graphdef, state)
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, SingleDeviceSharding
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from vidlada_jax import checkpoint as jax_checkpoint
@@ -156,18 +156,13 @@ def load_safetensors(
 ) -> VidLaDA:
   with SafetensorsCheckpoint(directory) as tensors:
     plan = LoadPlan(tensors, config, layout, text_tower=text_tower)
-    if mesh is not None:
-      shardings = flat_params(sharding_lib.param_shardings(plan.abstract_state, mesh, rules))
-      sharding_of = lambda path: shardings[path].get_value()
-    else:
-      device = SingleDeviceSharding(jax.devices()[0])
-      sharding_of = lambda path: device
+    shardings = sharding_lib.target_shardings(plan.abstract_state, mesh, rules)
     total = sum(v.size * v.dtype.itemsize for v in plan.params.values())
     bar = tqdm(total=total, unit='B', unit_scale=True, desc=f'loading {Path(directory).name}',
                disable=not progress)
 
     def load_param(path: str, variable: nnx.Variable) -> nnx.Variable:
-      array = plan.place(path, variable.dtype, sharding_of(path))
+      array = plan.place(path, variable.dtype, shardings[path])
       bar.update(array.nbytes)
       return variable.replace(array)
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
 
 from vidlada_jax.params import flat_params, map_params
 
@@ -96,6 +96,16 @@ def param_shardings(state, mesh: Mesh, rules: Rules):
     return variable.replace(NamedSharding(mesh, spec))
 
   return map_params(sharding_of, state)
+
+
+def target_shardings(state, mesh: Mesh | None = None, rules: Rules | None = None):
+  """path -> the sharding each parameter goes to: its NamedSharding on `mesh`, or without a mesh
+  the first device."""
+  if mesh is None:
+    device = SingleDeviceSharding(jax.devices()[0])
+    return {path: device for path in flat_params(state)}
+  shardings = flat_params(param_shardings(state, mesh, rules))
+  return {path: sharding.get_value() for path, sharding in shardings.items()}
 
 
 def create_sharded(make_model, mesh: Mesh, rules: Rules):
