@@ -212,8 +212,25 @@ def _dense_partial(q, k, v, allowed) -> Partial:
 def global_partial(q, q_frame: jax.Array, global_kv: GlobalKV, window: int) -> Partial:
   """Attention of every query to the global keys its frame window does not already show."""
   shown = visible(q_frame[None, :, None], global_kv.frame[:, None, :], window)
-  allowed = global_kv.valid[:, None, :] & ~shown & (q_frame != PAD)[None, :, None]
-  return _dense_partial(q, global_kv.k, global_kv.v, allowed)
+  allowed = global_kv.valid[:, None, :] & ~shown & (q_frame != PAD)[None, :, None]  # [B, Lq, A]
+  # Many queries, a few keys: queries head-major [B, Hkv, G * Lq, D] as the left operand, so the
+  # only transposes are of q's heads (contiguous rows) and of the small global set.
+  batch, q_len, num_heads, head_dim = q.shape
+  num_kv_heads = global_kv.k.shape[2]
+  groups = num_heads // num_kv_heads
+  queries = q.reshape(batch, q_len, num_kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+  queries = queries.reshape(batch, num_kv_heads, groups * q_len, head_dim)
+  keys, values = (x.astype(q.dtype).transpose(0, 2, 1, 3) for x in (global_kv.k, global_kv.v))
+  allowed = jnp.tile(allowed, (1, groups, 1))[:, None]  # [B, 1, G * Lq, A]
+  scores = jnp.einsum('bhmd,bhad->bhma', queries, keys, preferred_element_type=jnp.float32)
+  scores = jnp.where(allowed, scores * (head_dim ** -0.5), -jnp.inf)
+  lse = jax.nn.logsumexp(scores, axis=-1)  # [B, Hkv, G * Lq]
+  safe = jnp.where(jnp.isfinite(lse), lse, 0.0)
+  probs = jnp.where(allowed, jnp.exp(scores - safe[..., None]), 0.0).astype(values.dtype)
+  out = jnp.einsum('bhma,bhad->bhmd', probs, values)
+  out = out.reshape(batch, num_kv_heads, groups, q_len, head_dim).transpose(0, 3, 1, 2, 4)
+  return Partial(out.reshape(batch, q_len, num_heads, head_dim),
+                 lse.reshape(batch, num_heads, q_len))
 
 
 # --- The op --------------------------------------------------------------------------------------
