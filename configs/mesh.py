@@ -13,12 +13,15 @@ import ml_collections
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 
-# Axes every rule set leaves whole.
+# Axes every rule set leaves whole (the last two name cache and activation dimensions: the
+# sequence, and the model width of cached hidden states).
 _REPLICATED = (
     ('layers', None),
     ('head_dim', None),
     ('norm', None),
     ('vision_positions', None),
+    ('cache_length', None),
+    ('activation_embed', None),
 )
 
 RULES = {

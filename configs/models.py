@@ -75,7 +75,9 @@ def get_config(arg: str = '8b') -> ml_collections.ConfigDict:
           newline='grid',
           dtype='float32',
           param_dtype='float32',
-          attention='xla_chunked',
+          attention='auto',
+          vision_attention='auto',
+          interpret_kernels=False,
           remat=False,
       )
   )

@@ -10,6 +10,7 @@ from vidlada_jax.config import LMConfig, ModelConfig, TokenIds, VisionConfig, mo
 from vidlada_jax.hf.config import ConfigError
 from vidlada_jax.hf.safetensors_io import CheckpointError
 from vidlada_jax.loading import from_pretrained, init_model
+from vidlada_jax.mars import DualCache, MarsCacheConfig
 from vidlada_jax.objective import masked_diffusion_loss
 from vidlada_jax.params import count_params
 from vidlada_jax.preprocess import preprocess_frames
@@ -19,8 +20,10 @@ from vidlada_jax.vidlada import VidLaDA
 __all__ = [
     'CheckpointError',
     'ConfigError',
+    'DualCache',
     'FullRecompute',
     'LMConfig',
+    'MarsCacheConfig',
     'ModelConfig',
     'SampleOutput',
     'SamplerConfig',

@@ -86,8 +86,10 @@ class TokenIds:
 class ModelConfig:
   """A whole VidLaDA model, or one of its halves (LM only, vision tower only).
 
-  `dtype` is the computation dtype and `param_dtype` the storage dtype of the parameters;
-  `attention` names the attention backend (see `vidlada_jax.nn.attention`), chosen once here.
+  `dtype` is the computation dtype and `param_dtype` the storage dtype of the parameters.
+  `attention` and `vision_attention` name the attention backends of the language model and of
+  the vision tower (see `vidlada_jax.nn.attention`; "auto" picks from the platform when the
+  model is built); `interpret_kernels` runs Pallas backends in interpret mode (CPU tests).
   """
 
   lm: LMConfig | None = LMConfig()
@@ -98,7 +100,9 @@ class ModelConfig:
   tokens: TokenIds = TokenIds()
   dtype: str = 'float32'
   param_dtype: str = 'float32'
-  attention: str = 'xla_chunked'
+  attention: str = 'auto'
+  vision_attention: str = 'auto'
+  interpret_kernels: bool = False
   remat: bool = False
 
   def __post_init__(self):

@@ -183,6 +183,7 @@ def from_pretrained(
     mesh: Mesh | None = None,
     rules=None,
     attention: str | None = None,
+    vision_attention: str | None = None,
     progress: bool = True,
 ) -> VidLaDA:
   """Loads a checkpoint directory: the reference's PyTorch format or a vidlada-jax checkpoint.
@@ -199,7 +200,8 @@ def from_pretrained(
     param_dtype: parameter dtype; defaults to `dtype`.
     mesh, rules: place every parameter directly in its sharding on `mesh` under the logical-axis
       `rules` (see `configs/mesh.py` and `vidlada_jax.sharding.mesh_from_config`).
-    attention: attention backend name (default "xla_chunked"; see vidlada_jax.nn.attention).
+    attention, vision_attention: attention backends of the language model and of the vision
+      tower (default "auto": chosen from the platform; see vidlada_jax.nn.attention).
     progress: show a progress bar.
   """
   directory = Path(path)
@@ -208,13 +210,14 @@ def from_pretrained(
   if jax_checkpoint.is_checkpoint(directory):
     return jax_checkpoint.load(directory, dtype=_dtype_name(dtype),
                                param_dtype=_dtype_name(param_dtype), mesh=mesh, rules=rules,
-                               attention=attention)
+                               attention=attention, vision_attention=vision_attention)
   raw = read_hf_config(directory)
   layout, config, facts = hf_config.parse(raw)
   dtype = _dtype_name(dtype) or raw.get('torch_dtype') or raw.get('dtype') or 'float32'
   config = config.replace(
       dtype=dtype, param_dtype=_dtype_name(param_dtype) or dtype,
-      attention=attention or config.attention)
+      attention=attention or config.attention,
+      vision_attention=vision_attention or config.vision_attention)
   return load_safetensors(
       directory, config, layout, mesh=mesh, rules=rules,
       text_tower=facts.get('text_tower', False), progress=progress)

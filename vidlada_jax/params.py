@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -41,3 +42,32 @@ def count_params(config: ModelConfig) -> int:
   """Exact number of parameters of `config`, computed with jax.eval_shape (nothing allocated)."""
   _, state = abstract_model(config)
   return sum(int(np.prod(v.shape)) for v in flat_params(state).values())
+
+
+def randomise(model: VidLaDA, seed: int = 0) -> VidLaDA:
+  """Weights of useful scale for tests and benchmarks of random models.
+
+  `init_model`'s initialiser (normal 0.02) makes a small random model predict almost the same
+  token everywhere; these weights give peaked, varied predictions, so a wrong cache shows.
+  Redraws every parameter: norms' scales U(0.5, 1.5), biases N(0, 0.1), embeddings N(0, 0.5),
+  projection kernels N(0, (2 / sqrt(fan_in))^2)."""
+  graphdef, state = nnx.split(model)
+  leaves = map_params(lambda path, v: path, state)
+  keys = iter(jax.random.split(jax.random.key(seed), len(jax.tree.leaves(leaves))))
+
+  def draw(path, variable):
+    value, key = variable.get_value(), next(keys)
+    shape = value.shape[1:] if '/layers/' in path else value.shape
+    if 'norm' in path and path.endswith(('weight', 'scale')):
+      new = jax.random.uniform(key, value.shape, jnp.float32) + 0.5
+    elif len(shape) == 1:
+      new = jax.random.normal(key, value.shape, jnp.float32) * 0.1
+    elif path.endswith('embedding'):
+      new = jax.random.normal(key, value.shape, jnp.float32) * 0.5
+    else:  # kernels: q/k/v map E -> (heads, head_dim); everything else has one output axis
+      outputs = 2 if path.endswith(('q_proj/kernel', 'k_proj/kernel', 'v_proj/kernel')) else 1
+      fan_in = int(np.prod(shape[:-outputs]))
+      new = jax.random.normal(key, value.shape, jnp.float32) * (2.0 / np.sqrt(fan_in))
+    return variable.replace(new.astype(value.dtype))
+
+  return nnx.merge(graphdef, map_params(draw, state))

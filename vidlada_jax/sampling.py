@@ -34,9 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding
 
 from vidlada_jax.config import TokenIds
-from vidlada_jax.vidlada import VidLaDA, check_image_placeholders
+from vidlada_jax.vidlada import SpliceLayout, VidLaDA, check_image_placeholders
 
 REMASKING = ('low_confidence', 'random')
 
@@ -112,19 +113,43 @@ def step_keys(row_keys: jax.Array, block, step) -> tuple[jax.Array, jax.Array]:
 # --- Cache policies ------------------------------------------------------------------------------
 
 
+@struct.dataclass
+class Prompt:
+  """What a cache policy knows about the prompt of one decode (loop-invariant).
+
+  Rows are left-padded prompts followed by the canvas; `positions` and `key_mask` cover both.
+  `layout` says which prompt rows are visual tokens and of which frame (None for text prompts).
+  """
+
+  embeddings: jax.Array  # [B, Lp, E]: text and visual tokens, spliced
+  positions: jax.Array  # [B, Lp + G] int32
+  key_mask: jax.Array  # [B, Lp + G] bool: padding keys hidden
+  layout: SpliceLayout | None
+  num_visual: int = struct.field(pytree_node=False, default=0)  # visual tokens per row
+  tokens_per_frame: int = struct.field(pytree_node=False, default=1)
+
+  @property
+  def length(self) -> int:
+    return self.embeddings.shape[1]
+
+
 class CachePolicy(Protocol):
   """How the sampler obtains the hidden states of the current block at each step.
 
-  `init` runs once per call, after the prompt is embedded; `block_hidden` once per step. The
-  policy's state rides in the loop carry, so a policy (MARS-Cache) may keep per-layer caches and
-  refresh them on a schedule without forking the model or the sampler.
+  `init` runs once per decode, after the prompt is embedded; `block_hidden` once per denoising
+  step, with the canvas' embeddings and the step's counters (block, step within the block, global
+  step). The policy decides what the model recomputes; its state (a per-layer `LMCache`) rides
+  in the loop carry, so a cache never forks the model or the sampler. Policies are frozen
+  dataclasses: hashable, they are static arguments of the one compiled program.
   """
 
-  def init(self, model: VidLaDA, prompt: jax.Array, positions: jax.Array, key_mask: jax.Array):
+  def init(self, model: VidLaDA, prompt: Prompt, config: 'SamplerConfig', mesh=None):
     ...
 
-  def block_hidden(self, model: VidLaDA, state, sequence: jax.Array, positions: jax.Array,
-                   key_mask: jax.Array, block_start: jax.Array, block_length: int):
+  def block_hidden(self, model: VidLaDA, prompt: Prompt, state, canvas: jax.Array, *,
+                   block: jax.Array, block_step: jax.Array, step: jax.Array,
+                   config: 'SamplerConfig'):
+    """-> (final hidden states of the current block [B, block_length, E], new state)."""
     ...
 
 
@@ -132,12 +157,14 @@ class CachePolicy(Protocol):
 class FullRecompute:
   """No cache: every step recomputes every layer over the whole sequence (the reference)."""
 
-  def init(self, model, prompt, positions, key_mask):
+  def init(self, model, prompt, config, mesh=None):
     return ()
 
-  def block_hidden(self, model, state, sequence, positions, key_mask, block_start, block_length):
-    hidden = model.lm(sequence, positions, key_mask)
-    return jax.lax.dynamic_slice_in_dim(hidden, block_start, block_length, axis=1), state
+  def block_hidden(self, model, prompt, state, canvas, *, block, block_step, step, config):
+    sequence = jnp.concatenate([prompt.embeddings, canvas.astype(prompt.embeddings.dtype)], axis=1)
+    hidden = model.lm(sequence, prompt.positions, prompt.key_mask)
+    start = prompt.length + block * config.block_length
+    return jax.lax.dynamic_slice_in_dim(hidden, start, config.block_length, axis=1), state
 
 
 # --- The decode ----------------------------------------------------------------------------------
@@ -150,7 +177,7 @@ class DecodeState:
   block: jax.Array  # () int32
   step: jax.Array  # () int32, within the block
   block_masked: jax.Array  # [B] int32: masked positions of the block when it started
-  forwards: jax.Array  # () int32: denoising steps run
+  forwards: jax.Array  # () int32: denoising steps run (the global step counter)
   history: jax.Array  # [blocks, max_steps, B, G] canvases after each step (or a [0] placeholder)
   cache: object
 
@@ -206,76 +233,102 @@ def select_reveals(confidence, fillable, block_masked, step, config: SamplerConf
   return fillable & (rank < count[:, None])
 
 
-def _sample(model: VidLaDA, prompt_ids, prompt_valid, pixel_values, row_keys, *,
-            config: SamplerConfig, policy: CachePolicy, trace: bool) -> SampleOutput:
-  tokens = config.tokens
-  batch, gen, block_length = prompt_ids.shape[0], config.gen_length, config.block_length
+def block_slice(x: jax.Array, block, block_length: int) -> jax.Array:
+  return jax.lax.dynamic_slice_in_dim(x, block * block_length, block_length, axis=1)
 
-  # The prompt, embedded once (visual tokens encoded and spliced here, not per step).
+
+def fillable_in_block(state: DecodeState, config: SamplerConfig) -> jax.Array:
+  """[B, block_length]: still masked, in the current block, and before the row's first stop."""
+  stops = first_stop(state.canvas, state.masked, config.stop_ids)
+  columns = state.block * config.block_length + jnp.arange(config.block_length)
+  masked = block_slice(state.masked, state.block, config.block_length)
+  return masked & (columns[None, :] < stops[:, None])
+
+
+def update_canvas(state: DecodeState, logits: jax.Array, row_keys: jax.Array,
+                  config: SamplerConfig, *, trace: bool = False) -> DecodeState:
+  """One denoising step's update from the current block's logits [B, block_length, vocab]:
+  propose, score, reveal the scheduled number of most confident fillable positions, advance the
+  step counters. A pure function of its arguments (the cache is left to the caller)."""
+  block_length = config.block_length
+  masked = block_slice(state.masked, state.block, block_length)
+  gumbel_keys, uniform_keys = step_keys(row_keys, state.block, state.step)
+  proposals, logits = propose(logits, masked, config, gumbel_keys)
+  confidence = confidence_of(logits, proposals, config, uniform_keys)
+  reveal = select_reveals(confidence, fillable_in_block(state, config), state.block_masked,
+                          state.step, config)
+
+  start = state.block * block_length
+  revealed = jnp.where(reveal, proposals, block_slice(state.canvas, state.block, block_length))
+  canvas = jax.lax.dynamic_update_slice_in_dim(state.canvas, revealed, start, axis=1)
+  masked = jax.lax.dynamic_update_slice_in_dim(state.masked, masked & ~reveal, start, axis=1)
+  history = state.history.at[state.block, state.step].set(canvas) if trace else state.history
+  return state.replace(canvas=canvas, masked=masked, step=state.step + 1,
+                       forwards=state.forwards + 1, history=history)
+
+
+def prepare_prompt(model: VidLaDA, prompt_ids, prompt_valid, pixel_values,
+                   config: SamplerConfig) -> Prompt:
+  """Embeds the prompts once (visual tokens encoded and spliced here, not per step) and lays out
+  positions and the key mask of prompt + canvas; doubles the batch for classifier-free guidance."""
+  batch = prompt_ids.shape[0]
+  layout, num_visual = None, 0
   if pixel_values is None:
-    prompt = model.lm.embed(prompt_ids)
+    embeddings = model.lm.embed(prompt_ids)
     valid = prompt_valid
   else:
-    prompt, layout = model.embed_multimodal(prompt_ids, pixel_values)
+    embeddings, layout = model.embed_multimodal(prompt_ids, pixel_values)
+    num_visual = embeddings.shape[1] - prompt_ids.shape[1] + 1
     text_index = jnp.clip(layout.source_index, 0, prompt_ids.shape[1] - 1)
     valid = layout.is_visual | jnp.take_along_axis(prompt_valid, text_index, axis=1)
-  prompt_length = prompt.shape[1]
-  key_mask = jnp.concatenate([valid, jnp.ones((batch, gen), bool)], axis=1)
+  key_mask = jnp.concatenate([valid, jnp.ones((batch, config.gen_length), bool)], axis=1)
   positions = jnp.maximum(jnp.cumsum(key_mask, axis=1) - 1, 0).astype(jnp.int32)
-  mask_embedding = model.lm.embed(jnp.asarray(tokens.mask))
 
   if config.cfg_scale > 0:
     # Unconditional branch: every prompt position replaced by the mask embedding.
-    unconditional = jnp.broadcast_to(mask_embedding, prompt.shape).astype(prompt.dtype)
-    prompt = jnp.concatenate([prompt, unconditional], axis=0)
+    mask_embedding = model.lm.embed(jnp.asarray(config.tokens.mask))
+    unconditional = jnp.broadcast_to(mask_embedding, embeddings.shape).astype(embeddings.dtype)
+    embeddings = jnp.concatenate([embeddings, unconditional], axis=0)
     key_mask = jnp.concatenate([key_mask, key_mask], axis=0)
     positions = jnp.concatenate([positions, positions], axis=0)
-  cache = policy.init(model, prompt, positions, key_mask)
+    if layout is not None:
+      layout = jax.tree.map(lambda x: jnp.concatenate([x, x], axis=0), layout)
+  return Prompt(embeddings=embeddings, positions=positions, key_mask=key_mask, layout=layout,
+                num_visual=num_visual,
+                tokens_per_frame=model.config.tokens_per_frame if layout is not None else 1)
 
-  def block_logits(canvas, block, cache):
-    canvas_embeds = model.lm.embed(canvas)
-    if config.cfg_scale > 0:
-      canvas_embeds = jnp.concatenate([canvas_embeds, canvas_embeds], axis=0)
-    sequence = jnp.concatenate([prompt, canvas_embeds.astype(prompt.dtype)], axis=1)
-    hidden, cache = policy.block_hidden(model, cache, sequence, positions, key_mask,
-                                        prompt_length + block * block_length, block_length)
-    logits = model.lm.logits(hidden)  # [B(x2), block, vocab] float32
-    if config.cfg_scale > 0:
-      conditional, unconditional = jnp.split(logits, 2, axis=0)
-      logits = unconditional + (config.cfg_scale + 1) * (conditional - unconditional)
-    return logits, cache
 
-  def block_slice(x, block):
-    return jax.lax.dynamic_slice_in_dim(x, block * block_length, block_length, axis=1)
+def block_logits(model: VidLaDA, policy: CachePolicy, prompt: Prompt, state: DecodeState,
+                 config: SamplerConfig) -> tuple[jax.Array, object]:
+  """The current block's logits [B, block_length, vocab] (float32, guidance applied) for the
+  canvas of `state`, and the policy's new cache state."""
+  canvas = model.lm.embed(state.canvas)
+  if config.cfg_scale > 0:
+    canvas = jnp.concatenate([canvas, canvas], axis=0)
+  hidden, cache = policy.block_hidden(model, prompt, state.cache, canvas, block=state.block,
+                                      block_step=state.step, step=state.forwards, config=config)
+  logits = model.lm.logits(hidden)  # [B(x2), block, vocab] float32
+  if config.cfg_scale > 0:
+    conditional, unconditional = jnp.split(logits, 2, axis=0)
+    logits = unconditional + (config.cfg_scale + 1) * (conditional - unconditional)
+  return logits, cache
 
-  def fillable_in_block(state: DecodeState, stops):
-    """Still masked, in the current block, and before the row's first stop."""
-    columns = state.block * block_length + jnp.arange(block_length)
-    return block_slice(state.masked, state.block) & (columns[None, :] < stops[:, None])
+
+def _sample(model: VidLaDA, prompt_ids, prompt_valid, pixel_values, row_keys, *,
+            config: SamplerConfig, policy: CachePolicy, trace: bool, mesh=None) -> SampleOutput:
+  batch, gen = prompt_ids.shape[0], config.gen_length
+  prompt = prepare_prompt(model, prompt_ids, prompt_valid, pixel_values, config)
 
   def denoise_step(state: DecodeState) -> DecodeState:
-    logits, cache = block_logits(state.canvas, state.block, state.cache)
-    masked = block_slice(state.masked, state.block)
-    gumbel_keys, uniform_keys = step_keys(row_keys, state.block, state.step)
-    proposals, logits = propose(logits, masked, config, gumbel_keys)
-    confidence = confidence_of(logits, proposals, config, uniform_keys)
-    fillable = fillable_in_block(state, first_stop(state.canvas, state.masked, config.stop_ids))
-    reveal = select_reveals(confidence, fillable, state.block_masked, state.step, config)
-
-    start = state.block * block_length
-    revealed = jnp.where(reveal, proposals, block_slice(state.canvas, state.block))
-    canvas = jax.lax.dynamic_update_slice_in_dim(state.canvas, revealed, start, axis=1)
-    masked = jax.lax.dynamic_update_slice_in_dim(state.masked, masked & ~reveal, start, axis=1)
-    history = state.history.at[state.block, state.step].set(canvas) if trace else state.history
-    return state.replace(canvas=canvas, masked=masked, step=state.step + 1,
-                         forwards=state.forwards + 1, history=history, cache=cache)
+    logits, cache = block_logits(model, policy, prompt, state, config)
+    return update_canvas(state.replace(cache=cache), logits, row_keys, config, trace=trace)
 
   def block_has_work(state: DecodeState):
-    return fillable_in_block(state, first_stop(state.canvas, state.masked, config.stop_ids)).any()
+    return fillable_in_block(state, config).any()
 
   def decode_block(state: DecodeState) -> DecodeState:
-    masked_now = block_slice(state.masked, state.block).sum(axis=1).astype(jnp.int32)
-    state = state.replace(step=jnp.int32(0), block_masked=masked_now)
+    masked_now = block_slice(state.masked, state.block, config.block_length).sum(axis=1)
+    state = state.replace(step=jnp.int32(0), block_masked=masked_now.astype(jnp.int32))
     state = jax.lax.while_loop(
         lambda s: (s.step < config.max_steps_per_block) & block_has_work(s), denoise_step, state)
     return state.replace(block=state.block + 1)
@@ -287,10 +340,11 @@ def _sample(model: VidLaDA, prompt_ids, prompt_valid, pixel_values, row_keys, *,
 
   history_shape = ((config.num_blocks, config.max_steps_per_block, batch, gen) if trace else (0,))
   state = DecodeState(
-      canvas=jnp.full((batch, gen), tokens.mask, jnp.int32),
+      canvas=jnp.full((batch, gen), config.tokens.mask, jnp.int32),
       masked=jnp.ones((batch, gen), bool),
       block=jnp.int32(0), step=jnp.int32(0), block_masked=jnp.zeros(batch, jnp.int32),
-      forwards=jnp.int32(0), history=jnp.full(history_shape, -1, jnp.int32), cache=cache)
+      forwards=jnp.int32(0), history=jnp.full(history_shape, -1, jnp.int32),
+      cache=policy.init(model, prompt, config, mesh))
   state = jax.lax.while_loop(work_left, decode_block, state)
 
   return SampleOutput(tokens=state.canvas,
@@ -299,12 +353,12 @@ def _sample(model: VidLaDA, prompt_ids, prompt_valid, pixel_values, row_keys, *,
                       history=state.history if trace else None)
 
 
-@functools.partial(jax.jit, static_argnames=('graphdef', 'config', 'policy', 'trace'))
+@functools.partial(jax.jit, static_argnames=('graphdef', 'config', 'policy', 'trace', 'mesh'))
 def _sample_program(graphdef, params, prompt_ids, prompt_valid, pixel_values, row_keys, *,
-                    config, policy, trace):
+                    config, policy, trace, mesh=None):
   model = nnx.merge(graphdef, params)
   return _sample(model, prompt_ids, prompt_valid, pixel_values, row_keys,
-                 config=config, policy=policy, trace=trace)
+                 config=config, policy=policy, trace=trace, mesh=mesh)
 
 
 def pad_prompts(prompts, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -356,7 +410,10 @@ def generate(
     rng: a PRNG key, or one key per row ([B] keys); needed when temperature > 0 or
       remasking == "random". Row b uses its own key, so rows are independent of each other.
     stop_ids: tokens that end the answer (default `<|eot_id|>`); None or () for none.
-    cache: the cache policy (default: `FullRecompute`, every step recomputes every layer).
+    cache: the cache policy: `FullRecompute()` (the default: every step recomputes every layer
+      over the whole sequence, as the reference does), `MarsCacheConfig()` (MARS-Cache: see
+      `vidlada_jax.mars`; `MarsCacheConfig.exact()` turns every mechanism off) or `DualCache()`
+      (Fast-dLLM's block-wise dual cache).
     threshold: Fast-dLLM parallel decoding: at each step reveal every fillable position whose
       confidence exceeds it (at least one), until the block is full; `steps` then only needs to
       satisfy the divisibility rule. Off by default.
@@ -392,7 +449,17 @@ def generate(
   row_keys = _row_keys(rng, ids.shape[0])
   graphdef, params = nnx.split(model)
   return _sample_program(graphdef, params, jnp.asarray(ids), jnp.asarray(valid), pixel_values,
-                         row_keys, config=config, policy=cache or FullRecompute(), trace=trace)
+                         row_keys, config=config, policy=cache or FullRecompute(), trace=trace,
+                         mesh=_mesh_of(params))
+
+
+def _mesh_of(params) -> Mesh | None:
+  """The mesh the parameters are sharded over, if any (caches are laid out over it too)."""
+  for leaf in jax.tree.leaves(params):
+    sharding = getattr(leaf, 'sharding', None)
+    if isinstance(sharding, NamedSharding):
+      return sharding.mesh
+  return None
 
 
 def _row_keys(rng, batch: int) -> jax.Array:

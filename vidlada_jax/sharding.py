@@ -108,6 +108,20 @@ def target_shardings(state, mesh: Mesh | None = None, rules: Rules | None = None
   return {path: sharding.get_value() for path, sharding in shardings.items()}
 
 
+def cache_shardings(cache, mesh: Mesh, rules: Rules):
+  """The `NamedSharding` of every array of a cache (`vidlada_jax.cache.LMCache`), from the logical
+  axis names of its fields. Unlike parameters, caches follow the batch and sequence sizes of each
+  call, so a mesh axis that does not divide a dimension leaves that dimension whole."""
+
+  def sharding_of(array, axes):
+    spec = partition_spec(axes, rules)
+    spec = [entry if size % _mesh_axis_size(mesh, entry) == 0 else None
+            for size, entry in zip(array.shape, spec)]
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+  return jax.tree.map(sharding_of, cache, cache.logical_axes())
+
+
 def create_sharded(make_model, mesh: Mesh, rules: Rules):
   """Initialises `make_model()` (an nnx module) with every parameter created in its sharding."""
   abstract = nnx.eval_shape(make_model)

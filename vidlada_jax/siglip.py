@@ -14,7 +14,7 @@ import jax
 from flax import nnx
 
 from vidlada_jax.config import VisionConfig
-from vidlada_jax.nn.attention import AttentionFn
+from vidlada_jax.nn.attention import Attention
 from vidlada_jax.nn.layers import logical, scan_layers, stacked
 
 _INIT = nnx.initializers.normal(0.02)
@@ -32,7 +32,7 @@ def _layer_norm(cfg: VisionConfig, *, dtype, param_dtype, rngs):
 
 class SiglipAttention(nnx.Module):
 
-  def __init__(self, cfg: VisionConfig, attend: AttentionFn, *, dtype, param_dtype, rngs):
+  def __init__(self, cfg: VisionConfig, attend: Attention, *, dtype, param_dtype, rngs):
     self.attend = attend
     heads, head_dim = cfg.num_heads, cfg.head_dim
     common = dict(use_bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -72,7 +72,7 @@ class SiglipMLP(nnx.Module):
 
 class SiglipEncoderLayer(nnx.Module):
 
-  def __init__(self, cfg: VisionConfig, attend: AttentionFn, *, dtype, param_dtype, rngs):
+  def __init__(self, cfg: VisionConfig, attend: Attention, *, dtype, param_dtype, rngs):
     norm = functools.partial(_layer_norm, cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.layer_norm1 = norm()
     self.self_attn = SiglipAttention(cfg, attend, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -88,7 +88,7 @@ class SiglipVisionTower(nnx.Module):
   """pixels [N, H, W, 3] in [-1, 1] -> patch features [N, patches, hidden]."""
 
   def __init__(
-      self, cfg: VisionConfig, attend: AttentionFn, *, dtype, param_dtype, remat: bool = False,
+      self, cfg: VisionConfig, attend: Attention, *, dtype, param_dtype, remat: bool = False,
       rngs: nnx.Rngs):
     self.config = cfg
     self.remat = remat

@@ -7,7 +7,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 
 
 def logical(init: Callable, *names: str | None) -> Callable:
@@ -38,17 +38,31 @@ def rope_inverse_frequencies(head_dim: int, theta: float) -> np.ndarray:
   return (1.0 / theta**exponents).astype(np.float32)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """Rotary embedding, "rotate half" convention (first/second half of the head dim, not pairs).
+@struct.dataclass
+class RotaryTable:
+  """cos and sin of the RoPE angles of every position, computed once per forward pass and shared
+  by the queries and keys of every layer. float32 [B, L, 1, D], "rotate half" layout."""
 
-  x: [B, L, H, D]; positions: [B, L] integer. Angles, cos and sin are float32, then cast to x's
-  dtype before the rotation, as the reference does.
-  """
-  head_dim = x.shape[-1]
-  inv_freq = jnp.asarray(rope_inverse_frequencies(head_dim, theta))
-  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, L, D/2]
-  angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, L, 1, D]
-  cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+  cos: jax.Array
+  sin: jax.Array
+
+  @classmethod
+  def of(cls, positions: jax.Array, head_dim: int, theta: float) -> 'RotaryTable':
+    inv_freq = jnp.asarray(rope_inverse_frequencies(head_dim, theta))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, L, D/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, L, 1, D]
+    return cls(jnp.cos(angles), jnp.sin(angles))
+
+  def rows(self, start, size: int) -> 'RotaryTable':
+    """The table of rows [start, start + size) (start may be traced)."""
+    take = lambda t: jax.lax.dynamic_slice_in_dim(t, start, size, axis=1)
+    return RotaryTable(take(self.cos), take(self.sin))
+
+
+def apply_rope(x: jax.Array, rope: RotaryTable) -> jax.Array:
+  """Rotary embedding of x [B, L, H, D], "rotate half" convention (first/second half of the head
+  dim, not pairs). cos and sin are cast to x's dtype before the rotation, as the reference does."""
+  cos, sin = rope.cos.astype(x.dtype), rope.sin.astype(x.dtype)
   first, second = jnp.split(x, 2, axis=-1)
   rotated = jnp.concatenate([-second, first], axis=-1)
   return x * cos + rotated * sin

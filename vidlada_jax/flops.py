@@ -1,0 +1,78 @@
+"""Analytic FLOPs of a denoising step: plain decoding and any recompute plan, counted the same way.
+
+Matrix products count 2 FLOPs per multiply-add. Per recomputed row and layer: the q/k/v/o
+projections and the SwiGLU MLP; per attended (query, key) pair: the two attention products. Under
+chunk attention the pairs are those of the key blocks the block table visits (what the op really
+computes), plus the anchors; the anchor search adds its proxy scores. Logits are computed for the
+current block only, by every policy. Elementwise work (norms, RoPE, softmax) is left out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pallas_kernels import block_sparse
+from pallas_kernels.block_sparse import GLOBAL, FrameWindowMask
+from vidlada_jax.cache import Recompute, RowWindow
+from vidlada_jax.config import LMConfig
+
+
+def row_flops(lm: LMConfig) -> int:
+  """One row through one layer, without attention scores."""
+  heads, kv_heads, d = lm.num_heads * lm.head_dim, lm.num_kv_heads * lm.head_dim, lm.hidden_size
+  return 2 * d * (2 * heads + 2 * kv_heads) + 2 * 3 * d * lm.intermediate_size
+
+
+def pair_flops(lm: LMConfig) -> int:
+  """One (query, key) pair in one layer: q.k over every head, then p * v."""
+  return 4 * lm.num_heads * lm.head_dim
+
+
+def head_flops(lm: LMConfig, rows: int) -> int:
+  return 2 * rows * lm.hidden_size * lm.vocab_size
+
+
+def window_flops(lm: LMConfig, window: RowWindow, length: int, frame_ids: np.ndarray | None,
+                 blocks: tuple[int, int] = (block_sparse.BLOCK_Q, block_sparse.BLOCK_K)
+                 ) -> tuple[int, float]:
+  """(FLOPs of one layer recomputing `window`, fraction of attention key blocks visited), with
+  chunk attention computed in `blocks` = (query block, key block) tiles."""
+  rows = window.size
+  if window.chunk is None:
+    return rows * row_flops(lm) + rows * length * pair_flops(lm), 1.0
+  start = int(window.start)
+  q_frame = frame_ids[start:start + rows]
+  visual = q_frame != GLOBAL
+  block_q, block_k = blocks
+  pad = lambda frames, block: np.pad(frames, (0, -len(frames) % block),
+                                     constant_values=block_sparse.PAD)
+  table = block_sparse.block_table(
+      FrameWindowMask(pad(q_frame[visual], block_q), pad(frame_ids, block_k), window.chunk),
+      block_q, block_k)
+  key_blocks = -(-length // block_k)
+  pairs = int(table.counts.sum()) * block_q * block_k + int((~visual).sum()) * length
+  # Global query rows attend densely: count them as whole rows of key blocks.
+  visited = int(table.counts.sum()) * block_q + int((~visual).sum()) * key_blocks
+  total = rows * key_blocks
+  flops = rows * row_flops(lm) + pairs * pair_flops(lm)
+  if window.anchors is not None:
+    num_visual = int((frame_ids >= 0).sum())
+    anchors = min(window.anchors.count, num_visual)
+    flops += int(visual.sum()) * anchors * pair_flops(lm)  # every visual query sees them
+    flops += min(window.anchors.queries, num_visual) * num_visual * pair_flops(lm) // 2
+  return flops, visited / total
+
+
+def plan_flops(lm: LMConfig, plan: Recompute, length: int,
+               blocks: tuple[int, int] = (block_sparse.BLOCK_Q, block_sparse.BLOCK_K)) -> int:
+  """FLOPs of one cached step: each layer's window, then the block's logits."""
+  total = 0
+  for index in np.asarray(plan.layer_window):
+    total += window_flops(lm, plan.windows[int(index)], length, plan.frame_ids, blocks)[0]
+  return total + head_flops(lm, plan.output_size)
+
+
+def plain_flops(lm: LMConfig, length: int, block_length: int) -> int:
+  """FLOPs of one step of plain decoding: every layer over every row, the block's logits."""
+  return lm.num_layers * (length * row_flops(lm) + length * length * pair_flops(lm)) + head_flops(
+      lm, block_length)
