@@ -3,7 +3,7 @@
     python -m launch.sample --checkpoint DIR --video FILE --question TEXT [--frames 64]
         [--gen-length 128 --steps 128 --block-length 128] [--temperature 0]
         [--remasking low_confidence|random] [--cfg-scale 0] [--threshold T]
-        [--batch-file JSONL [--batch-size 8]] [--json]
+        [--cache none|mars|mars-exact|dual] [--batch-file JSONL [--batch-size 8]] [--json]
 
 DIR is a PyTorch (LLaDA-V/VidLaDA) or vidlada-jax checkpoint directory holding tokenizer.json.
 Frames are sampled as the reference evaluates: one per second, or --frames evenly spread when
@@ -11,6 +11,8 @@ that would be more. The question gets "/no_think" appended as in the reference e
 (--think leaves it off); --time-instruction adds the video's duration and frame times.
 --batch-file answers many questions: one JSON object per line with "video" and "question" (and
 optionally "id"); items with the same frame count are decoded together, --batch-size at a time.
+--cache picks the cache policy: none (plain decoding, the reference), mars (MARS-Cache with its
+measured defaults), mars-exact (MARS-Cache with every mechanism off) or dual (Fast-dLLM).
 """
 
 from __future__ import annotations
@@ -86,12 +88,22 @@ def describe_layout(prompt: np.ndarray, num_frames: int, tokens_per_frame: int,
                    for kind, start, stop, what in rows)
 
 
+CACHE_POLICIES = {
+    'none': vj.FullRecompute(),
+    'mars': vj.MarsCacheConfig(),
+    'mars-exact': vj.MarsCacheConfig.exact(),
+    'dual': vj.DualCache(),
+}
+
+
 class Sampler:
   """A loaded model and tokenizer answering batches of items with fixed sampler settings."""
 
   def __init__(self, checkpoint, settings: SamplerConfig, *, frames: int, dtype=None,
-               time_instruction=False, think=False, max_length=CONTEXT_LENGTH, seed=0):
+               time_instruction=False, think=False, max_length=CONTEXT_LENGTH, seed=0,
+               cache: str = 'none'):
     self.settings = settings
+    self.cache = CACHE_POLICIES[cache]
     self.frames = frames
     self.time_instruction = time_instruction
     self.think = think
@@ -143,7 +155,7 @@ class Sampler:
                                     self.settings.gen_length))
         self.rng, key = jax.random.split(self.rng)
         start = time.perf_counter()
-        out = vj.generate(self.model, prompts, pixels, rng=key,
+        out = vj.generate(self.model, prompts, pixels, rng=key, cache=self.cache,
                           **{f.name: getattr(self.settings, f.name)
                              for f in dataclasses.fields(self.settings) if f.name != 'tokens'})
         tokens = np.asarray(out.tokens)
@@ -176,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--remasking', default='low_confidence', choices=('low_confidence', 'random'))
   parser.add_argument('--cfg-scale', type=float, default=0.0)
   parser.add_argument('--threshold', type=float, help='Fast-dLLM parallel decoding threshold')
+  parser.add_argument('--cache', default='none', choices=tuple(CACHE_POLICIES),
+                      help='cache policy (default none: plain decoding, as the reference)')
   parser.add_argument('--time-instruction', action='store_true')
   parser.add_argument('--think', action='store_true', help='do not append /no_think')
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'), help='default: the checkpoint\'s')
@@ -202,7 +216,7 @@ def main(argv=None) -> int:
         raise FileNotFoundError(f'video {item.video} does not exist')
     sampler = Sampler(args.checkpoint, settings, frames=args.frames, dtype=args.dtype,
                       time_instruction=args.time_instruction, think=args.think,
-                      max_length=args.max_length, seed=args.seed)
+                      max_length=args.max_length, seed=args.seed, cache=args.cache)
     show = (lambda text: print('spliced sequence:\n' + text)) if args.show_layout else None
     answers, timings = sampler.answer(items, args.batch_size, on_layout=show)
   except (ValueError, FileNotFoundError, VideoError) as e:

@@ -99,3 +99,15 @@ def test_checkpoint_without_tokenizer(files, capsys, tmp_path):
   bare = vj.save_checkpoint(vj.init_model(vj.model_config('tiny'), seed=3), tmp_path / 'bare')
   code, _, err = run(capsys, '--checkpoint', bare, '--video', long_clip, '--question', 'Q?', *FAST)
   assert code == 2 and 'tokenizer.json' in err
+
+
+def test_cache_policies_from_the_command_line(files, capsys):
+  _, checkpoint, long_clip, _ = files
+  answers = {}
+  for cache in ('none', 'mars-exact', 'mars', 'dual'):
+    code, out, err = run(capsys, '--checkpoint', checkpoint, '--video', long_clip, '--question',
+                         'What moves?', '--json', '--cache', cache, *FAST)
+    assert code == 0, err
+    answers[cache] = json.loads(out)['answers'][0]['tokens']
+  assert answers['mars-exact'] == answers['none']  # every MARS-Cache knob off: plain decoding
+  assert all(len(tokens) == 8 for tokens in answers.values())

@@ -235,7 +235,7 @@ def _run_if(predicate, fn, operand):
   """fn(operand) if predicate else operand, as a while loop of zero or one trip.
 
   Not `lax.cond`: XLA copies a conditional's operands, and here the operand is the whole cache
-  (tens of GB for the 8B model at 64 frames), which would cost more than the recompute it skips.
+  (about 10 GB for the 8B model at 64 frames), which would cost more than the recompute it skips.
   A while loop updates its carry in place.
   """
   def body(state):

@@ -53,6 +53,11 @@ def _new_cache(model, embeddings, positions, key_mask, num_anchors, mesh, rules)
   return cache
 
 
+def _hashable_rules(rules):
+  """Rules as nested tuples: a policy is a static argument of the compiled program."""
+  return None if rules is None else tuple(tuple(rule) for rule in rules)
+
+
 def _canvas_start_embeddings(model, prompt, config):
   mask = model.lm.embed(jnp.asarray(config.tokens.mask)).astype(prompt.embeddings.dtype)
   batch, width = prompt.embeddings.shape[0], prompt.embeddings.shape[-1]
@@ -68,7 +73,6 @@ class MarsCacheConfig:
   visual_ratio: tau_v = visual_ratio * tau_t (an integer, so V refreshes only when T does).
   chunk_window: w of frame-wise chunk attention; None attends globally.
   anchor_queries, num_anchors: the anchor search (m sampled queries, k anchors); 0 anchors: off.
-  block_size: not a knob of the method: query/key block of the block-sparse attention op.
   rules: optional logical-axis rules (`configs/mesh.py`) to lay the cache out over the model's
     mesh; without them XLA propagates shardings from the parameters.
   """
@@ -95,8 +99,7 @@ class MarsCacheConfig:
       raise ValueError(f'num_anchors must be >= 0 and anchor_queries >= 1, got {self}')
     if self.num_anchors and self.chunk_window is None:
       raise ValueError('anchors extend chunk attention: set chunk_window too (or num_anchors=0)')
-    if self.rules is not None:
-      object.__setattr__(self, 'rules', tuple(tuple(rule) for rule in self.rules))
+    object.__setattr__(self, 'rules', _hashable_rules(self.rules))
 
   @classmethod
   def exact(cls) -> 'MarsCacheConfig':
@@ -182,8 +185,7 @@ class DualCache:
   rules: Any = None
 
   def __post_init__(self):
-    if self.rules is not None:
-      object.__setattr__(self, 'rules', tuple(tuple(rule) for rule in self.rules))
+    object.__setattr__(self, 'rules', _hashable_rules(self.rules))
 
   def init(self, model, prompt, config, mesh=None) -> LMCache:
     embeddings = jnp.concatenate(
