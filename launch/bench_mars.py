@@ -1,7 +1,7 @@
 """MARS-Cache benchmark: plain decoding, each mechanism alone, the default, and Fast-dLLM's cache.
 
     python -m launch.bench_mars                   16 frames x 210 tokens, gen 64 / steps 64
-    python -m launch.bench_mars --quick --json    a reduced case in under two minutes, one JSON object
+    python -m launch.bench_mars --quick --json    a reduced case in under two minutes, as JSON
     python -m launch.bench_mars --policies plain,default,dual
 
 One random model of the real width ratio (head dim 128, MLP 3x the width; a 16k vocabulary, so

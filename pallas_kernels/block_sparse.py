@@ -2,7 +2,8 @@
 
 The op computes, for every query row q and every key row k,
 
-    visible(q, k) = key_mask[k] and (frame[q] == -1 or frame[k] == -1 or |frame[q] - frame[k]| <= window)
+    visible(q, k) = key_mask[k] and (frame[q] == -1 or frame[k] == -1
+                                     or |frame[q] - frame[k]| <= window)
 
 and softmax attention over the visible keys (float32 softmax, scale 1/sqrt(D), probabilities cast
 to v's dtype before the second product). Frame ids are per-token metadata: a visual token carries
@@ -73,6 +74,11 @@ class FrameWindowMask:
   def dense(self) -> np.ndarray:
     """The [Lq, Lk] boolean mask (without key_mask), for references and tests."""
     return visible(self.q_frame[:, None], self.k_frame[None, :], self.window, xp=np)
+
+  def padded(self, block_q: int, block_k: int) -> 'FrameWindowMask':
+    """The mask of queries and keys padded with PAD rows to whole blocks."""
+    pad = lambda frames, block: np.pad(frames, (0, -len(frames) % block), constant_values=PAD)
+    return FrameWindowMask(pad(self.q_frame, block_q), pad(self.k_frame, block_k), self.window)
 
 
 def _frames(frames, name: str) -> np.ndarray:
@@ -212,7 +218,7 @@ def _dense_partial(q, k, v, allowed) -> Partial:
 def global_partial(q, q_frame: jax.Array, global_kv: GlobalKV, window: int) -> Partial:
   """Attention of every query to the global keys its frame window does not already show."""
   shown = visible(q_frame[None, :, None], global_kv.frame[:, None, :], window)
-  allowed = global_kv.valid[:, None, :] & ~shown & (q_frame != PAD)[None, :, None]  # [B, Lq, A]
+  allowed = global_kv.valid[:, None, :] & ~shown & (q_frame != PAD)[None, :, None]  # [B,Lq,A]
   # Many queries, a few keys: queries head-major [B, Hkv, G * Lq, D] as the left operand, so the
   # only transposes are of q's heads (contiguous rows) and of the small global set.
   batch, q_len, num_heads, head_dim = q.shape
@@ -308,9 +314,9 @@ def block_sparse_attention(
     raise ValueError(f'incompatible shapes q {q.shape}, k {k.shape}, v {v.shape}')
   if key_mask is None:
     key_mask = jnp.ones((batch, k_len), bool)
-  q_frame = np.pad(mask.q_frame, (0, -q_len % block_q), constant_values=PAD)
-  k_frame = np.pad(mask.k_frame, (0, -k_len % block_k), constant_values=PAD)
-  table = block_table(FrameWindowMask(q_frame, k_frame, mask.window), block_q, block_k)
+  padded = mask.padded(block_q, block_k)
+  q_frame, k_frame = padded.q_frame, padded.k_frame
+  table = block_table(padded, block_q, block_k)
   partial = impl.attention_partial(
       pad_to_blocks(q, block_q), pad_to_blocks(k, block_k), pad_to_blocks(v, block_k),
       table=table, q_frame=jnp.asarray(q_frame), k_frame=jnp.asarray(k_frame),

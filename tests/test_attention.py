@@ -91,7 +91,8 @@ def test_unknown_backend_is_named():
 ])
 def test_auto_is_resolved_from_platform_and_dtype(platform, dtype, lm, vision):
   assert attention.get_backend('auto', platform=platform, dtype=dtype).name == lm
-  assert attention.get_backend('auto', platform=platform, dtype=dtype, tower='vision').name == vision
+  vision_backend = attention.get_backend('auto', platform=platform, dtype=dtype, tower='vision')
+  assert vision_backend.name == vision
 
 
 def test_towers_choose_their_backends_separately():

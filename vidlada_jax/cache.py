@@ -10,8 +10,9 @@ earlier pass computed.
 
 So the cache holds, for every layer, the input hidden states of every row (`hidden[l]`; the last
 entry is the last layer's output) and the keys and values of every row, and for the whole
-sequence its RoPE table and key mask (fixed while it is decoded: computed once, not per step). A policy (MARS-Cache,
-Fast-dLLM's dual cache) decides *what* to recompute at each step; the model only computes.
+sequence its RoPE table and key mask (fixed while it is decoded: computed once, not per step).
+A policy (MARS-Cache, Fast-dLLM's dual cache) decides *what* to recompute at each step; the
+model only computes.
 
     cache = model.lm.init_cache(embeddings, positions, key_mask)  # the whole sequence
     hidden, cache = model.lm(x, cache=cache, plan=plan)       # x: new inputs of some rows

@@ -263,7 +263,8 @@ def load(
   default = manifest.model.param_dtype if len(stored_dtypes) != 1 else stored_dtypes.pop()
   dtype = dtype or default
   config = manifest.model.replace(
-      dtype=dtype, param_dtype=param_dtype or dtype, attention=attention or manifest.model.attention,
+      dtype=dtype, param_dtype=param_dtype or dtype,
+      attention=attention or manifest.model.attention,
       vision_attention=vision_attention or manifest.model.vision_attention)
   graphdef, abstract_state = abstract_model(config)
   params = flat_params(abstract_state)

@@ -44,10 +44,8 @@ def window_flops(lm: LMConfig, window: RowWindow, length: int, frame_ids: np.nda
   q_frame = frame_ids[start:start + rows]
   visual = q_frame != GLOBAL
   block_q, block_k = blocks
-  pad = lambda frames, block: np.pad(frames, (0, -len(frames) % block),
-                                     constant_values=block_sparse.PAD)
   table = block_sparse.block_table(
-      FrameWindowMask(pad(q_frame[visual], block_q), pad(frame_ids, block_k), window.chunk),
+      FrameWindowMask(q_frame[visual], frame_ids, window.chunk).padded(block_q, block_k),
       block_q, block_k)
   key_blocks = -(-length // block_k)
   pairs = int(table.counts.sum()) * block_q * block_k + int((~visual).sum()) * length

@@ -52,8 +52,7 @@ def randomise(model: VidLaDA, seed: int = 0) -> VidLaDA:
   Redraws every parameter: norms' scales U(0.5, 1.5), biases N(0, 0.1), embeddings N(0, 0.5),
   projection kernels N(0, (2 / sqrt(fan_in))^2)."""
   graphdef, state = nnx.split(model)
-  leaves = map_params(lambda path, v: path, state)
-  keys = iter(jax.random.split(jax.random.key(seed), len(jax.tree.leaves(leaves))))
+  keys = iter(jax.random.split(jax.random.key(seed), len(flat_params(state))))
 
   def draw(path, variable):
     value, key = variable.get_value(), next(keys)

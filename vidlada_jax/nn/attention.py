@@ -131,7 +131,8 @@ class Attention:
   """
 
   name: str
-  dense: str  # 'xla', 'xla_chunked', 'kernel' (the block-sparse kernel, every block), 'cudnn', 'splash'
+  # 'xla', 'xla_chunked', 'kernel' (the block-sparse kernel, every block), 'cudnn', 'splash'
+  dense: str
   sparse: str  # a `pallas_kernels.block_sparse` implementation
   interpret: bool = False
 
