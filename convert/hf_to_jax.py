@@ -31,7 +31,6 @@ from vidlada_jax import sharding as sharding_lib
 from vidlada_jax.hf import config as hf_config
 from vidlada_jax.hf.safetensors_io import SafetensorsCheckpoint
 from vidlada_jax.loading import LoadPlan, read_hf_config
-from vidlada_jax.orbax_io import IncrementalSave
 
 _DTYPES = ('bfloat16', 'float32', 'float16')
 
@@ -40,8 +39,6 @@ def parse_mesh(text: str | None) -> tuple[Mesh, tuple] | None:
   """'fsdp=8,tensor=1' -> (mesh, fsdp_tp rules); axes not named have size 1."""
   if not text:
     return None
-  from configs import mesh as mesh_configs
-
   shape = dict(data=1, fsdp=1, tensor=1)
   for item in text.split(','):
     axis, _, size = item.partition('=')
@@ -53,7 +50,7 @@ def parse_mesh(text: str | None) -> tuple[Mesh, tuple] | None:
     raise ValueError(
         f'--mesh {text} needs {int(np.prod(list(shape.values())))} devices but {devices} are '
         'available (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N)')
-  return sharding_lib.make_mesh(shape), mesh_configs.RULES['fsdp_tp']
+  return sharding_lib.make_mesh(shape), sharding_lib.RULE_SETS['fsdp_tp']
 
 
 def convert(src, dst, *, dtype: str | None = None, mesh: Mesh | None = None, rules=None,
@@ -73,15 +70,17 @@ def convert(src, dst, *, dtype: str | None = None, mesh: Mesh | None = None, rul
   with SafetensorsCheckpoint(src) as tensors:
     plan = LoadPlan(tensors, config, layout, text_tower=facts.get('text_tower', False))
     param_dtypes = {p: np.dtype(dtype) if dtype else plan.stored_dtype(p) for p in plan.params}
-    names = {str(d) for d in param_dtypes.values()}
-    model_dtype = dtype or (names.pop() if len(names) == 1 else 'float32')
     shardings = sharding_lib.target_shardings(plan.abstract_state, mesh, rules)
     total = sum(tensors.nbytes(n) for n in tensors.names)
     bar = tqdm(total=total, unit='B', unit_scale=True, desc=f'{src.name} -> orbax',
                disable=not progress or jax.process_index() != 0)
 
-    with jax_checkpoint.staged_output(dst, overwrite) as staging, bar:
-      params = IncrementalSave(staging / jax_checkpoint.PARAMS)
+    manifest = jax_checkpoint.Manifest(
+        model=config, param_dtypes={p: str(d) for p, d in param_dtypes.items()},
+        source=jax_checkpoint.Source(layout=layout, vision_prefix=plan.vision_prefix,
+                                     config=raw, passthrough=list(plan.ignored)))
+    with jax_checkpoint.staged_output(dst, overwrite, create=False) as staging, bar:
+      writer = jax_checkpoint.ModelWriter(staging, manifest)
       for path in plan.params:
         target = shardings[path]
         entry = plan.entries[path]
@@ -89,28 +88,16 @@ def convert(src, dst, *, dtype: str | None = None, mesh: Mesh | None = None, rul
           layer_target = jax_checkpoint.without_layer_axis(target)
           for i, name in enumerate(entry.source_names(plan.num_layers(entry))):
             array = plan.place_layer(path, i, param_dtypes[path], layer_target)
-            params.add({jax_checkpoint.layer_key(path, i): array})
+            writer.add_layer(path, i, array)
             bar.update(tensors.nbytes(name))
         else:
-          params.add({path: plan.place(path, param_dtypes[path], target)})
+          writer.add_param(path, plan.place(path, param_dtypes[path], target))
           bar.update(plan.source_bytes(path))
-      params.finalize()
-
-      if plan.ignored:
-        passthrough = IncrementalSave(staging / jax_checkpoint.PASSTHROUGH)
-        for i, name in enumerate(plan.ignored):
-          # Host arrays: any dtype (int64 too), written once by the primary process.
-          passthrough.add({jax_checkpoint.passthrough_key(i): tensors.read(name)})
-          bar.update(tensors.nbytes(name))
-        passthrough.finalize()
-
-      manifest = jax_checkpoint.Manifest(
-          model=config.replace(dtype=model_dtype, param_dtype=model_dtype),
-          param_dtypes={p: str(d) for p, d in param_dtypes.items()},
-          source=jax_checkpoint.Source(layout=layout, vision_prefix=plan.vision_prefix,
-                                       config=raw, passthrough=list(plan.ignored)))
-      if jax.process_index() == 0:
-        (staging / jax_checkpoint.MANIFEST).write_text(manifest.to_json())
+      for i, name in enumerate(plan.ignored):
+        # Host arrays: any dtype (int64 too), written once by the primary process.
+        writer.add_passthrough(i, tensors.read(name))
+        bar.update(tensors.nbytes(name))
+      writer.finalize()
       copied = jax_checkpoint.copy_tokenizer_files(src, staging)
   return dict(layout=layout, params=len(plan.params), passthrough=len(plan.ignored),
               tokenizer_files=copied, bytes=total, seconds=time.perf_counter() - start)

@@ -55,7 +55,7 @@ class JaxView:
 
   def __init__(self, path: Path):
     self.path = path
-    self.stored = jax_checkpoint.stored_params(path / jax_checkpoint.PARAMS)
+    self.stored = jax_checkpoint.stored_params(path)
     self.specs = {p: (safetensors_dtype(s.dtype), s.shape) for p, s in self.stored.items()}
     self.passthrough = {f'passthrough:{t.name}': t
                         for t in jax_checkpoint.stored_passthrough(path)}
@@ -65,15 +65,16 @@ class JaxView:
   def get(self, key: str) -> np.ndarray:
     if key in self.passthrough:
       tensor = self.passthrough[key]
-      return jax_checkpoint.load_host_array(
-          self.path / jax_checkpoint.PASSTHROUGH, tensor.key, tensor.shape, tensor.dtype)
+      return jax_checkpoint.load_host_array(self.path, tensor.key, tensor.shape, tensor.dtype)
     stored = self.stored[key]
-    params = self.path / jax_checkpoint.PARAMS
     if stored.layers is None:
-      return jax_checkpoint.load_host_array(params, key, stored.shape, stored.dtype)
-    return np.stack([jax_checkpoint.load_host_array(params, jax_checkpoint.layer_key(key, i),
-                                                    stored.shape[1:], stored.dtype)
-                     for i in range(stored.layers)])
+      return jax_checkpoint.load_host_array(
+          self.path, jax_checkpoint.param_key(key), stored.shape, stored.dtype)
+    return np.stack([
+        jax_checkpoint.load_host_array(
+            self.path, jax_checkpoint.param_key(jax_checkpoint.layer_key(key, i)),
+            stored.shape[1:], stored.dtype)
+        for i in range(stored.layers)])
 
   def stream(self) -> Iterator[tuple[str, np.ndarray]]:
     for key in self.specs:

@@ -56,7 +56,7 @@ class ExportPlan:
   their values one parameter at a time (`tensors()`)."""
 
   def __init__(self, src, *, layout: str | None = None, dtype: str | None = None):
-    src = Path(src)
+    src = jax_checkpoint.resolve(src)
     if dtype is not None and dtype not in _DTYPES:
       raise ValueError(f'--dtype must be one of {_DTYPES}, got {dtype!r}')
     manifest = jax_checkpoint.read_manifest(src)
@@ -73,8 +73,7 @@ class ExportPlan:
               else '' if layout == layouts.SIGLIP else layouts.COMBINED_VISION_PREFIX)
     self.src, self.layout, self.config, self.dtype = src, layout, config, dtype
     self.table = layouts.tensor_table(config, layout, prefix)
-    self.params_dir = src / jax_checkpoint.PARAMS
-    self.stored = jax_checkpoint.stored_params(self.params_dir)
+    self.stored = jax_checkpoint.stored_params(src)
     missing = [e.param for e in self.table if e.param not in self.stored]
     if missing:
       raise CheckpointError(f'{self.params_dir} lacks parameters the export needs: {missing}')
@@ -108,7 +107,7 @@ class ExportPlan:
     self.specs.sort(key=lambda s: natural_sort_key(s.name))
     self.config_json = (
         (dict(source.config, torch_dtype=dtype) if dtype else dict(source.config))
-        if same_as_source else hf_config.export_config(config, layout, dtype or config.param_dtype))
+        if same_as_source else hf_config.export_config(config, layout, dtype or manifest.stored_dtype))
 
   def _select_parts(self, config, layout):
     if layout == layouts.LLADA:
@@ -143,17 +142,24 @@ class ExportPlan:
     for entry in self.table:
       stored = self.stored[entry.param]
       dtype = self._out(stored.dtype)
-      if stored.layers is None:
-        value = jax_checkpoint.load_host_array(self.params_dir, entry.param, stored.shape, dtype)
+      key = jax_checkpoint.param_key(entry.param)
+      if not entry.stacked:
+        value = jax_checkpoint.load_host_array(self.src, key, stored.shape, dtype)
         yield entry.source, entry.transform.to_torch(value)
         continue
+      # Stored whole (as a training run saves it): read once, export layer by layer.
+      whole = (jax_checkpoint.load_host_array(self.src, key, stored.shape, dtype)
+               if stored.layers is None else None)
       for i, name in enumerate(self._names(entry)):
-        key = jax_checkpoint.layer_key(entry.param, i)
-        value = jax_checkpoint.load_host_array(self.params_dir, key, stored.shape[1:], dtype)
+        if whole is None:
+          value = jax_checkpoint.load_host_array(
+              self.src, jax_checkpoint.param_key(jax_checkpoint.layer_key(entry.param, i)),
+              stored.shape[1:], dtype)
+        else:
+          value = whole[i]
         yield name, entry.transform.to_torch(value)
     for tensor, dtype_out in self.passthrough:
-      value = jax_checkpoint.load_host_array(self.src / jax_checkpoint.PASSTHROUGH, tensor.key,
-                                             tensor.shape, tensor.dtype)
+      value = jax_checkpoint.load_host_array(self.src, tensor.key, tensor.shape, tensor.dtype)
       yield tensor.name, value.astype(dtype_out, copy=False)
 
 

@@ -8,14 +8,14 @@ checkpoint needs memory for one tensor only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 
-from configs import models
-from vidlada_jax.config import ModelConfig
+from vidlada_jax.config import LLADA_8B, SIGLIP2_SO400M, ModelConfig
 from vidlada_jax.hf import config as hf_config
 from vidlada_jax.hf import layouts
 from vidlada_jax.hf.safetensors_io import ShardedSafetensorsWriter, TensorSpec
@@ -23,9 +23,9 @@ from vidlada_jax.params import abstract_model, flat_params
 
 
 def synthetic_config(lm_layers: int, vision_layers: int, vocab_size: int = 126464) -> ModelConfig:
-  return ModelConfig.from_dict(dict(
-      lm=dict(models.LLADA_8B, num_layers=lm_layers, vocab_size=vocab_size),
-      vision=dict(models.SIGLIP2_SO400M, num_layers=vision_layers)))
+  return ModelConfig(
+      lm=dataclasses.replace(LLADA_8B, num_layers=lm_layers, vocab_size=vocab_size),
+      vision=dataclasses.replace(SIGLIP2_SO400M, num_layers=vision_layers))
 
 
 def random_bfloat16(rng: np.random.Generator, shape) -> np.ndarray:

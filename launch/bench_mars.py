@@ -26,6 +26,7 @@ policy the table gives:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -125,7 +126,7 @@ def run(quick: bool, names) -> dict:
 
   shape = QUICK if quick else FULL
   config = vj.model_config('tiny').replace(
-      lm=vj.LMConfig(vocab_size=VOCAB, hidden_size=shape['hidden'], num_heads=shape['heads'],
+      lm=dataclasses.replace(vj.config.TINY_LM, vocab_size=VOCAB, hidden_size=shape['hidden'], num_heads=shape['heads'],
                      num_kv_heads=shape['heads'], intermediate_size=3 * shape['hidden'],
                      num_layers=shape['layers']),
       tokens=vj.TokenIds(**TOKENS))

@@ -32,7 +32,7 @@ assert jax.device_count() == 8 and jax.local_device_count() == 4
 mesh, rules = hf_to_jax.parse_mesh('fsdp=8,tensor=1')
 hf_to_jax.convert(hf_dir, os.path.join(work_dir, 'jax'), mesh=mesh, rules=rules, progress=False)
 
-mesh, rules = sharding.mesh_from_config('fsdp_tp:data=2,tensor=2')
+mesh, rules = sharding.mesh_from_spec('fsdp_tp:data=2,tensor=2')
 model = vj.from_pretrained(os.path.join(work_dir, 'jax'), dtype='float32', mesh=mesh, rules=rules)
 kernel = model.lm.layers.mlp.gate_proj.kernel[...]
 ids = np.array([[126080, 7, -200, 8, 9, 126336], [126080, 5, 6, -200, 126336, 126336]], np.int32)

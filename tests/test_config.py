@@ -41,3 +41,46 @@ def test_unknown_names_are_errors():
     vj.model_config('9b')
   with pytest.raises(ValueError, match='float32, bfloat16'):
     vj.model_config('tiny', dtype='int8')
+
+
+def test_runtime_choices_are_not_architecture():
+  config = vj.model_config('tiny', dtype='bfloat16', attention='xla_chunked', remat='dots_saveable')
+  assert config.runtime.attention == 'xla_chunked'
+  assert 'runtime' not in config.to_dict() and 'dtype' not in config.to_dict()
+  # An architecture read back (as from a checkpoint) runs with the reader's runtime.
+  reread = vj.ModelConfig.from_dict(config.to_dict())
+  assert reread.runtime == vj.Runtime() and reread.replace(runtime=config.runtime) == config
+  # Manifests of format 1 carried run-time fields with the architecture: they are dropped.
+  legacy = dict(config.to_dict(), dtype='bfloat16', attention='xla', remat=False)
+  assert vj.ModelConfig.from_dict(legacy).runtime == vj.Runtime()
+
+
+def test_remat_is_a_named_policy():
+  import jax
+
+  assert vj.Runtime(remat='none').remat_policy is None
+  assert vj.Runtime(remat='dots_saveable').remat_policy is jax.checkpoint_policies.dots_saveable
+  with pytest.raises(ValueError, match='unknown remat policy'):
+    vj.Runtime(remat='sometimes')
+
+
+def test_each_architecture_is_written_once():
+  import dataclasses
+
+  # No architecture numbers hide in dataclass defaults: the schema has none to offer.
+  with pytest.raises(TypeError):
+    vj.LMConfig()
+  with pytest.raises(TypeError):
+    vj.VisionConfig()
+  assert {f.name for f in dataclasses.fields(vj.LMConfig) if f.default is dataclasses.MISSING} == {
+      f.name for f in dataclasses.fields(vj.LMConfig)}
+
+
+def test_library_does_not_import_job_configs():
+  import subprocess
+  import sys
+
+  code = ('import sys, vidlada_jax, vidlada_jax.training, convert.hf_to_jax, convert.jax_to_hf; '
+          'print(sorted(m for m in sys.modules if m == "configs" or m.startswith("configs.")))')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == '[]'

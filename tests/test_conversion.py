@@ -140,9 +140,9 @@ def test_dtype_option_converts(tmp_path, combined):
 
 def test_tokenizer_files_travel(tmp_path, combined):
   source = combined_checkpoint(tmp_path / 'hf', combined)
-  from vidlada_jax import prompting
+  from vidlada_jax.fixtures import tiny_tokenizer
 
-  prompting.tiny_tokenizer().save(str(source / 'tokenizer.json'))
+  tiny_tokenizer().save(str(source / 'tokenizer.json'))
   (source / 'generation_config.json').write_text('{"eos_token_id": 126081}')
   back = round_trip(tmp_path, source)
   for name in ('tokenizer.json', 'generation_config.json'):
@@ -205,7 +205,7 @@ def test_restore_onto_a_different_mesh(tmp_path, combined):
   source = combined_checkpoint(tmp_path / 'hf', combined)
   assert hf_to_jax.main(['--src', str(source), '--dst', str(tmp_path / 'jax'), '--quiet',
                          '--mesh', 'fsdp=8,tensor=1']) == 0
-  mesh, rules = sharding.mesh_from_config('fsdp_tp:data=2,tensor=2')
+  mesh, rules = sharding.mesh_from_spec('fsdp_tp:data=2,tensor=2')
   model = vj.from_pretrained(tmp_path / 'jax', dtype='float32', mesh=mesh, rules=rules)
   kernel = model.lm.layers.mlp.gate_proj.kernel[...]
   assert kernel.sharding.mesh.shape == {'data': 2, 'fsdp': 2, 'tensor': 2}

@@ -286,30 +286,28 @@ def test_one_compiled_program_per_shape(model, video_prompt):
 @pytest.mark.parametrize('policy', [vj.MarsCacheConfig.exact(), vj.MarsCacheConfig(pyramid=(4, 2)),
                                     vj.DualCache()], ids=['exact', 'default', 'dual'])
 def test_sharded_decode_equals_one_device(model, video_prompt, policy):
-  from configs import mesh as mesh_configs
   from vidlada_jax import sharding
 
   prompt, pixels = video_prompt
-  mesh, rules = sharding.mesh_from_config('fsdp_tp:tensor=2')
+  mesh, rules = sharding.mesh_from_spec('fsdp_tp:tensor=2')
   sharded = sharding.place(model, mesh, rules)
-  sharded_policy = type(policy)(**{**vars(policy), 'rules': mesh_configs.RULES['fsdp_tp']})
+  sharded_policy = type(policy)(**{**vars(policy), 'rules': sharding.RULE_SETS['fsdp_tp']})
   expected = decode(model, prompt, pixels, policy)
   out = decode(sharded, prompt, pixels, sharded_policy)
   np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(expected.tokens))
 
 
 def test_cache_shardings_follow_the_rules():
-  from configs import mesh as mesh_configs
   from vidlada_jax import sharding
 
-  mesh, _ = sharding.mesh_from_config('fsdp_tp:tensor=2')  # data 1, fsdp 4, tensor 2
+  mesh, _ = sharding.mesh_from_spec('fsdp_tp:tensor=2')  # data 1, fsdp 4, tensor 2
   model = vj.init_model(vj.model_config('tiny-lm'))
   cache = jax.eval_shape(lambda: model.lm.init_cache(jnp.zeros((4, 10, 64))))
-  specs = sharding.cache_shardings(cache, mesh, mesh_configs.RULES['fsdp_tp'])
+  specs = sharding.cache_shardings(cache, mesh, sharding.RULE_SETS['fsdp_tp'])
   assert tuple(specs.keys.spec) == (None, ('data', 'fsdp'), 'tensor', None, None)
   assert tuple(specs.hidden.spec) == (None, ('data', 'fsdp'), None, None)
   odd = jax.eval_shape(lambda: model.lm.init_cache(jnp.zeros((3, 10, 64))))
-  assert sharding.cache_shardings(odd, mesh, mesh_configs.RULES['fsdp_tp']).keys.spec[1] is None
+  assert sharding.cache_shardings(odd, mesh, sharding.RULE_SETS['fsdp_tp']).keys.spec[1] is None
 
 
 def test_bfloat16_cache(video_prompt):

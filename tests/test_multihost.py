@@ -39,7 +39,7 @@ def test_two_processes_convert_and_restore_their_own_shards(tmp_path):
     assert process['global_shape'] == [2, 64, 128]
     assert process['local_shards'] == [[2, 32, 64]] * 4
   # Each process wrote its own shards: orbax records the arrays written by every process.
-  written_by = {p.name for p in (tmp_path / 'jax' / 'params').rglob('array_metadatas/process_*')}
+  written_by = {p.name for p in (tmp_path / 'jax' / 'state').rglob('array_metadatas/process_*')}
   assert written_by == {'process_0', 'process_1'}, written_by
 
   ids = np.array([[126080, 7, -200, 8, 9, 126336], [126080, 5, 6, -200, 126336, 126336]], np.int32)

@@ -1,6 +1,7 @@
 """The masked-diffusion loss against a direct float64 computation, its masking statistics, and
 gradients."""
 
+import dataclasses
 import jax
 import numpy as np
 import pytest
@@ -100,9 +101,9 @@ def test_multimodal_loss_never_masks_visual_tokens(tmp_path):
 
 
 def test_masking_follows_p():
-  model = vj.init_model(vj.ModelConfig(lm=vj.LMConfig(
-      vocab_size=512, hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2,
-      intermediate_size=64), vision=None))
+  model = vj.init_model(vj.ModelConfig(lm=dataclasses.replace(
+      vj.config.TINY_LM, vocab_size=512, hidden_size=32, num_layers=1, num_heads=2,
+      num_kv_heads=2, intermediate_size=64), vision=None))
   batch, length = 16, 4096
   ids = np.random.default_rng(1).integers(0, 512, size=(batch, length)).astype(np.int32)
   labels = ids.copy()

@@ -127,7 +127,7 @@ def test_rows_equal_running_alone(model, prompts):
 def test_sharded_model_decodes_the_same(model, prompts, mesh_name):
   from vidlada_jax import sharding
 
-  mesh, rules = sharding.mesh_from_config(mesh_name)
+  mesh, rules = sharding.mesh_from_spec(mesh_name)
   sharded = sharding.place(model, mesh, rules)
   assert len(sharded.lm.layers.mlp.up_proj.kernel[...].sharding.device_set) == 8
   settings = dict(gen_length=8, block_length=4, steps=8, temperature=0.5, rng=jax.random.key(2))

@@ -1,5 +1,6 @@
 """Sharded placement on 8 simulated CPU devices: same logits, parameters really split."""
 
+import dataclasses
 import jax
 import numpy as np
 import pytest
@@ -53,7 +54,7 @@ def assert_really_split(model, mesh, rules):
 @pytest.mark.parametrize('mesh_name', RULE_SETS)
 def test_loaded_sharded_equals_single_device(checkpoint, inputs, single_device_logits, mesh_name):
   assert jax.device_count() == 8
-  mesh, rules = sharding.mesh_from_config(mesh_name)
+  mesh, rules = sharding.mesh_from_spec(mesh_name)
   model = vj.from_pretrained(checkpoint, dtype='float32', mesh=mesh, rules=rules, progress=False)
   assert_really_split(model, mesh, rules)
   logits = np.asarray(model(*inputs))
@@ -65,7 +66,7 @@ def test_loaded_sharded_equals_single_device(checkpoint, inputs, single_device_l
 @pytest.mark.parametrize('mesh_name', RULE_SETS[:2])
 def test_initialised_directly_sharded(inputs, mesh_name):
   config = vj.model_config('tiny')
-  mesh, rules = sharding.mesh_from_config(mesh_name)
+  mesh, rules = sharding.mesh_from_spec(mesh_name)
   model = vj.init_model(config, seed=0, mesh=mesh, rules=rules)
   assert_really_split(model, mesh, rules)
   reference = vj.init_model(config, seed=0)
@@ -79,8 +80,8 @@ def test_rules_must_cover_every_logical_axis():
 
 
 def test_indivisible_dimension_is_named():
-  mesh, rules = sharding.mesh_from_config('fsdp')
-  config = vj.ModelConfig(lm=vj.LMConfig(vocab_size=1000, hidden_size=36, num_layers=1,
+  mesh, rules = sharding.mesh_from_spec('fsdp')
+  config = vj.ModelConfig(lm=dataclasses.replace(vj.config.TINY_LM, vocab_size=1000, hidden_size=36, num_layers=1,
                                          num_heads=4, num_kv_heads=4, intermediate_size=64),
                           vision=None)
   _, state = abstract_model(config)
@@ -92,4 +93,23 @@ def test_mesh_shape_errors():
   with pytest.raises(ValueError, match='needs 6 devices'):
     sharding.make_mesh(dict(data=1, fsdp=3, tensor=2))
   with pytest.raises(ValueError, match='unknown mesh axis'):
-    sharding.mesh_from_config('fsdp:pipeline=2')
+    sharding.mesh_from_spec('fsdp:pipeline=2')
+
+
+def test_flax_tooling_sees_the_partitioning():
+  """Flax's own `get_partition_spec`, under flax's logical-axis rules, gives the same shardings
+  as `vidlada_jax.sharding` for every parameter (stacked layers included)."""
+  from flax import linen
+
+  _, state = abstract_model(vj.model_config('tiny'))
+  rules = sharding.RULE_SETS['fsdp_tp']
+  with linen.logical_axis_rules(rules):
+    flax_specs = flat_params(nnx.get_partition_spec(state))
+  ours = flat_params(state)
+  assert flax_specs.keys() == ours.keys()
+  stacked = 0
+  for path, variable in ours.items():
+    expected = sharding.partition_spec(sharding.logical_axes(variable), rules)
+    assert tuple(flax_specs[path].get_value()) == tuple(expected), path
+    stacked += sharding.logical_axes(variable)[:1] == ('layers',)
+  assert stacked > 10

@@ -6,7 +6,7 @@
 """
 
 from vidlada_jax.checkpoint import save as save_checkpoint
-from vidlada_jax.config import LMConfig, ModelConfig, TokenIds, VisionConfig, model_config
+from vidlada_jax.config import LMConfig, ModelConfig, Runtime, TokenIds, VisionConfig, model_config
 from vidlada_jax.hf.config import ConfigError
 from vidlada_jax.hf.safetensors_io import CheckpointError
 from vidlada_jax.loading import from_pretrained, init_model
@@ -25,6 +25,7 @@ __all__ = [
     'LMConfig',
     'MarsCacheConfig',
     'ModelConfig',
+    'Runtime',
     'SampleOutput',
     'SamplerConfig',
     'TokenIds',

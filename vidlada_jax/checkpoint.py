@@ -1,16 +1,26 @@
-"""vidlada-jax checkpoint directories: orbax-stored parameters plus what a round trip needs.
+"""vidlada-jax checkpoints: one format for converted weights, saved models and training steps.
 
-    DIR/vidlada_config.json   format version, the ModelConfig, each parameter's stored dtype, and
-                              where the weights came from (layout, name prefix, the original
-                              config.json, the names of tensors the model does not use)
-    DIR/params/               orbax pytree of the model parameters ('lm/norm/weight'); a parameter
-                              stacked over layers is stored one array per layer
-                              ('lm/layers/mlp/up_proj/kernel/0', '.../1', ...), so converters
-                              write and read one layer's tensor at a time
-    DIR/passthrough/          orbax pytree of the source tensors the model ignores (the 27th
-                              vision layer, the pooling head, a text tower), kept so that an
-                              export reproduces the source checkpoint tensor for tensor
-    DIR/tokenizer.json, ...   tokenizer files copied from the source, when it had them
+A checkpoint is an orbax checkpoint directory:
+
+    custom metadata 'vidlada'   the manifest: format version, the architecture (`ModelConfig`
+                                without its run-time choices), each parameter's stored dtype, and
+                                for converted weights where they came from (layout, name prefix,
+                                the original config.json, the names of tensors the model ignores)
+    state/params/...            the model parameters ('lm/norm/weight'). A parameter stacked over
+                                layers is stored whole ('lm/layers/mlp/up_proj/kernel', as the
+                                trainer saves it) or one array per layer ('.../kernel/0', '.../1',
+                                as converters stream it); readers accept both
+    state/passthrough/...       source tensors the model ignores (the 27th vision layer, the
+                                pooling head, a text tower), so that an export reproduces the
+                                source checkpoint tensor for tensor
+    train_state/, data_iterator/   optimizer state, step, RNG and input-pipeline position, in
+                                checkpoints a training run writes (`vidlada_jax.training`)
+    tokenizer.json, ...         tokenizer files copied from the source, when it had them
+
+`ModelWriter` writes the model part a few arrays at a time (`save` and the converters), and
+`checkpointables` gives the same layout to the trainer's asynchronous `training.Checkpointer`.
+A training run's work directory holds its steps under `checkpoints/<step>/`; `resolve` turns a
+work directory into its latest step, so `vj.from_pretrained(WORKDIR)` loads it.
 
 Directories are written under a temporary name beside the destination and renamed into place
 only when complete, so a failed run never leaves something that looks like a checkpoint, and an
@@ -35,16 +45,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vidlada_jax import orbax_io
 from vidlada_jax import sharding as sharding_lib
-from vidlada_jax.config import ModelConfig
+from vidlada_jax.config import ModelConfig, Runtime
 from vidlada_jax.hf.safetensors_io import CheckpointError
 from vidlada_jax.params import abstract_model, flat_params, map_params
 from vidlada_jax.vidlada import VidLaDA
 
 FORMAT = 'vidlada-jax'
-FORMAT_VERSION = 1
-MANIFEST = 'vidlada_config.json'
-PARAMS = 'params'
+FORMAT_VERSION = 2
+MANIFEST_KEY = 'vidlada'  # in the checkpoint's custom metadata
+PARAMS = 'params'  # subtree of the `state` pytree
 PASSTHROUGH = 'passthrough'
+TRAINING_STEPS = 'checkpoints'  # a training work directory's steps
+_FORMAT_1_MANIFEST = 'vidlada_config.json'
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
                    'generation_config.json', 'chat_template.jinja', 'chat_template.json')
 
@@ -65,15 +77,20 @@ class Manifest:
   param_dtypes: dict[str, str]
   source: Source | None = None
 
-  def to_json(self) -> str:
-    return json.dumps(dict(
+  @property
+  def stored_dtype(self) -> str:
+    """The parameters' dtype when they all share one, else float32."""
+    names = set(self.param_dtypes.values())
+    return names.pop() if len(names) == 1 else 'float32'
+
+  def to_dict(self) -> dict[str, Any]:
+    return dict(
         format=FORMAT, format_version=FORMAT_VERSION, model=self.model.to_dict(),
         param_dtypes=self.param_dtypes,
-        source=dataclasses.asdict(self.source) if self.source else None), indent=2)
+        source=dataclasses.asdict(self.source) if self.source else None)
 
   @classmethod
-  def from_json(cls, text: str, where: Path) -> 'Manifest':
-    data = json.loads(text)
+  def from_dict(cls, data: dict[str, Any], where: Path) -> 'Manifest':
     if data.get('format') != FORMAT:
       raise CheckpointError(f'{where} is not a {FORMAT} checkpoint manifest')
     if data.get('format_version', 0) > FORMAT_VERSION:
@@ -84,15 +101,51 @@ class Manifest:
     return cls(ModelConfig.from_dict(data['model']), dict(data['param_dtypes']), source)
 
 
+def manifest_metadata(manifest: Manifest) -> dict[str, Any]:
+  """The custom metadata a checkpoint with `manifest` is saved with."""
+  return {MANIFEST_KEY: manifest.to_dict()}
+
+
+def _step_dirs(workdir: Path) -> list[tuple[int, Path]]:
+  steps = workdir / TRAINING_STEPS
+  if not steps.is_dir():
+    return []
+  return sorted((int(p.name), p) for p in steps.iterdir()
+                if p.name.isdigit() and (p / '_CHECKPOINT_METADATA').is_file())
+
+
+def resolve(path) -> Path:
+  """`path` itself, or for a training run's work directory its latest checkpoint."""
+  path = Path(path)
+  if (path / TRAINING_STEPS).is_dir() and not (path / '_CHECKPOINT_METADATA').is_file():
+    steps = _step_dirs(path)
+    if not steps:
+      raise CheckpointError(f'{path} is a training work directory without a finished checkpoint')
+    return steps[-1][1]
+  return path
+
+
 def is_checkpoint(path) -> bool:
-  return (Path(path) / MANIFEST).is_file()
+  path = resolve(path) if (Path(path) / TRAINING_STEPS).is_dir() else Path(path)
+  if (path / _FORMAT_1_MANIFEST).is_file():
+    return True  # an older vidlada-jax checkpoint: read_manifest says what to do
+  # Orbax also recognises safetensors directories; a vidlada-jax checkpoint is an orbax-layout one.
+  return ((path / '_CHECKPOINT_METADATA').is_file()
+          and MANIFEST_KEY in orbax_io.custom_metadata(path))
 
 
 def read_manifest(path) -> Manifest:
-  path = Path(path)
-  if not is_checkpoint(path):
-    raise CheckpointError(f'{path} is not a {FORMAT} checkpoint (no {MANIFEST})')
-  return Manifest.from_json((path / MANIFEST).read_text(), path / MANIFEST)
+  path = resolve(path)
+  if (path / _FORMAT_1_MANIFEST).is_file():
+    raise CheckpointError(
+        f'{path} is a vidlada-jax checkpoint of format version 1, which this version no longer '
+        'reads: convert the original PyTorch checkpoint again with convert.hf_to_jax')
+  if not (path / '_CHECKPOINT_METADATA').is_file():
+    raise CheckpointError(f'{path} is not a {FORMAT} checkpoint (not an orbax checkpoint)')
+  data = orbax_io.custom_metadata(path).get(MANIFEST_KEY)
+  if data is None:
+    raise CheckpointError(f'{path} is an orbax checkpoint without a {FORMAT} manifest')
+  return Manifest.from_dict(data, path)
 
 
 def _is_primary() -> bool:
@@ -105,26 +158,38 @@ def _barrier(name: str) -> None:
 
 
 @contextlib.contextmanager
-def staged_output(destination, overwrite: bool = False) -> Iterator[Path]:
-  """Yields a fresh temporary directory beside `destination`; on success it becomes
-  `destination`. Refuses a non-empty destination unless `overwrite`; a failure leaves the
-  destination exactly as it was. Every process of a multi-host job calls this together."""
+def staged_output(destination, overwrite: bool = False, *, create: bool = True) -> Iterator[Path]:
+  """Yields a fresh temporary path beside `destination`; on success it becomes `destination`.
+
+  Refuses a non-empty destination unless `overwrite`; a failure leaves the destination exactly
+  as it was. With `create=False` the path is left for the caller to create (orbax creates its
+  checkpoints itself, through temporaries of its own beside the path, which a failure removes
+  too). Every process of a multi-host job calls this together.
+  """
   destination = Path(destination).absolute()
   if destination.exists() and not destination.is_dir():
     raise FileExistsError(f'{destination} exists and is not a directory')
   if destination.is_dir() and any(destination.iterdir()) and not overwrite:
     raise FileExistsError(f'{destination} exists and is not empty; pass --overwrite to replace it')
-  staging = destination.parent / f'.{destination.name}.incomplete'
+  # Not a hidden name: orbax does not finalize checkpoints whose names start with a dot.
+  staging = destination.parent / f'{destination.name}.incomplete'
+
+  def remove_staging():
+    # The name is reserved for us: anything under it was left by this or an interrupted run.
+    for leftover in staging.parent.glob(staging.name + '*'):
+      shutil.rmtree(leftover, ignore_errors=True)
+
   if _is_primary():
-    if staging.exists():
-      shutil.rmtree(staging)  # left by an interrupted run; the name is reserved for us
-    staging.mkdir(parents=True)
+    remove_staging()
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    if create:
+      staging.mkdir()
   _barrier('vidlada_staging_created')
   try:
     yield staging
   except BaseException:
     if _is_primary():
-      shutil.rmtree(staging, ignore_errors=True)
+      remove_staging()
     raise
   _barrier('vidlada_staging_complete')
   if _is_primary():
@@ -168,9 +233,16 @@ def stored_passthrough(path) -> list[PassthroughTensor]:
   source = read_manifest(path).source
   if not source or not source.passthrough:
     return []
-  kept = orbax_io.array_metadata(Path(path) / PASSTHROUGH)
-  return [PassthroughTensor(passthrough_key(i), name, *kept[passthrough_key(i)])
+  kept = _stored_arrays(path, PASSTHROUGH)
+  return [PassthroughTensor(f'{PASSTHROUGH}/{passthrough_key(i)}', name,
+                            *kept[passthrough_key(i)])
           for i, name in enumerate(source.passthrough)]
+
+
+def _stored_arrays(path, subtree: str) -> dict[str, tuple]:
+  prefix = subtree + '/'
+  return {key[len(prefix):]: value for key, value in orbax_io.array_metadata(path).items()
+          if key.startswith(prefix)}
 
 
 def layer_key(param: str, layer: int) -> str:
@@ -185,11 +257,11 @@ class StoredParam:
   layers: int | None  # stored as this many per-layer arrays, or None: one array
 
 
-def stored_params(params_dir) -> dict[str, StoredParam]:
-  """Every parameter stored in `params_dir`, per-layer arrays gathered back into one entry."""
+def stored_params(path) -> dict[str, StoredParam]:
+  """Every parameter stored in checkpoint `path`, per-layer arrays gathered back into one entry."""
   single: dict[str, StoredParam] = {}
   per_layer: dict[str, dict[int, tuple]] = {}
-  for key, (shape, dtype) in orbax_io.array_metadata(params_dir).items():
+  for key, (shape, dtype) in _stored_arrays(path, PARAMS).items():
     param, _, last = key.rpartition('/')
     if last.isdigit():
       per_layer.setdefault(param, {})[int(last)] = (shape, dtype)
@@ -197,7 +269,7 @@ def stored_params(params_dir) -> dict[str, StoredParam]:
       single[key] = StoredParam(shape, dtype, None)
   for param, layers in per_layer.items():
     if sorted(layers) != list(range(len(layers))) or len(set(layers.values())) != 1:
-      raise CheckpointError(f'{params_dir}: the layers of {param} are incomplete or disagree in '
+      raise CheckpointError(f'{path}: the layers of {param} are incomplete or disagree in '
                             f'shape/dtype: {sorted(layers)}')
     shape, dtype = layers[0]
     single[param] = StoredParam((len(layers),) + tuple(shape), dtype, len(layers))
@@ -211,75 +283,97 @@ def without_layer_axis(sharding: jax.sharding.Sharding) -> jax.sharding.Sharding
   return sharding
 
 
-def read_param(params_dir, param: str, stored: StoredParam, dtype, sharding) -> jax.Array:
+def param_key(param: str) -> str:
+  """Where parameter (or stored layer) `param` lies in the checkpoint's pytree."""
+  return f'{PARAMS}/{param}'
+
+
+def read_param(path, param: str, stored: StoredParam, dtype, sharding) -> jax.Array:
   """One parameter restored into `sharding` and `dtype` (each process reads only its chunks)."""
   if stored.layers is None:
     target = jax.ShapeDtypeStruct(stored.shape, dtype, sharding=sharding)
-    return orbax_io.load(params_dir, {param: target})[param]
+    return orbax_io.load(path, {param_key(param): target})[param_key(param)]
   layer = jax.ShapeDtypeStruct(stored.shape[1:], dtype, sharding=without_layer_axis(sharding))
-  keys = [layer_key(param, i) for i in range(stored.layers)]
-  pieces = orbax_io.load(params_dir, {key: layer for key in keys})
+  keys = [param_key(layer_key(param, i)) for i in range(stored.layers)]
+  pieces = orbax_io.load(path, {key: layer for key in keys})
   return jax.jit(jnp.stack, out_shardings=sharding)([pieces[key] for key in keys])
+
+
+class ModelWriter:
+  """Writes the model part of a checkpoint at `directory` a few arrays at a time (each process
+  its own shards), with `manifest` as its metadata; nothing exists there until `finalize`."""
+
+  def __init__(self, directory, manifest: Manifest):
+    self._save = orbax_io.IncrementalSave(directory, custom_metadata=manifest_metadata(manifest))
+
+  def add_param(self, param: str, array) -> None:
+    self._save.add({param_key(param): array})
+
+  def add_layer(self, param: str, layer: int, array) -> None:
+    """Layer `layer` of a parameter stacked over layers."""
+    self._save.add({param_key(layer_key(param, layer)): array})
+
+  def add_passthrough(self, index: int, array) -> None:
+    self._save.add({f'{PASSTHROUGH}/{passthrough_key(index)}': array})
+
+  def finalize(self) -> None:
+    self._save.finalize()
+
+
+def checkpointables(model_state, config: ModelConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(checkpointables, custom metadata) of a model's parameters in the checkpoint layout, for
+  `orbax...training.Checkpointer.save_checkpointables_async` (stacked parameters whole)."""
+  variables = flat_params(model_state)
+  manifest = Manifest(model=config, param_dtypes={
+      p: str(np.dtype(v.get_value().dtype)) for p, v in variables.items()})
+  params = orbax_io.nest({p: v.get_value() for p, v in variables.items()})
+  return {'state': {PARAMS: params}}, manifest_metadata(manifest)
 
 
 def save(model: VidLaDA, path, *, overwrite: bool = False, tokenizer=None) -> Path:
   """Writes `model` as a vidlada-jax checkpoint (sharded arrays are written shard by shard, each
   process its own), with `tokenizer` (a `tokenizers.Tokenizer`) as tokenizer.json."""
-  variables = flat_params(nnx.state(model))
+  variables = flat_params(nnx.state(model, nnx.Param))
   manifest = Manifest(model=model.config, param_dtypes={
       p: str(np.dtype(v.get_value().dtype)) for p, v in variables.items()})
-  with staged_output(path, overwrite) as staging:
-    writer = orbax_io.IncrementalSave(staging / PARAMS)
+  with staged_output(path, overwrite, create=False) as staging:
+    writer = ModelWriter(staging, manifest)
     for name, variable in variables.items():
       array = variable.get_value()
       if sharding_lib.logical_axes(variable)[:1] == ('layers',):
-        for i in range(array.shape[0]):
-          writer.add({layer_key(name, i): array[i]})
+        for i in range(array.shape[0]):  # one layer per array, so exports stream layer by layer
+          writer.add_layer(name, i, array[i])
       else:
-        writer.add({name: array})
+        writer.add_param(name, array)
     writer.finalize()
-    if _is_primary():
-      (staging / MANIFEST).write_text(manifest.to_json())
     if tokenizer is not None and _is_primary():
       tokenizer.save(str(staging / 'tokenizer.json'))
   return Path(path)
 
 
-def load(
-    path,
-    *,
-    dtype: str | None = None,
-    param_dtype: str | None = None,
-    mesh: Mesh | None = None,
-    rules=None,
-    attention: str | None = None,
-    vision_attention: str | None = None,
-) -> VidLaDA:
+def load(path, *, runtime: Runtime | None = None, mesh: Mesh | None = None,
+         rules=None) -> VidLaDA:
   """A model from a vidlada-jax checkpoint, restored straight into its shardings: each process
-  reads only the chunks of the arrays its devices hold."""
-  path = Path(path)
+  reads only the chunks of the arrays its devices hold. `runtime` defaults to the stored dtype."""
+  path = resolve(path)
   manifest = read_manifest(path)
-  stored_dtypes = set(manifest.param_dtypes.values())
-  default = manifest.model.param_dtype if len(stored_dtypes) != 1 else stored_dtypes.pop()
-  dtype = dtype or default
-  config = manifest.model.replace(
-      dtype=dtype, param_dtype=param_dtype or dtype,
-      attention=attention or manifest.model.attention,
-      vision_attention=vision_attention or manifest.model.vision_attention)
+  if runtime is None:
+    runtime = Runtime(dtype=manifest.stored_dtype, param_dtype=manifest.stored_dtype)
+  config = dataclasses.replace(manifest.model, runtime=runtime)
   graphdef, abstract_state = abstract_model(config)
   params = flat_params(abstract_state)
-  stored = stored_params(path / PARAMS)
+  stored = stored_params(path)
   missing = sorted(set(params) - set(stored))
   unexpected = sorted(set(stored) - set(params))
   mismatched = [f'{p}: stored {list(stored[p].shape)}, model needs {list(params[p].shape)}'
                 for p in sorted(set(params) & set(stored)) if stored[p].shape != params[p].shape]
   if missing or unexpected or mismatched:
     raise CheckpointError(
-        f'{path / PARAMS} does not match its manifest: missing {missing}, unexpected '
+        f'{path} does not match its manifest: missing {missing}, unexpected '
         f'{unexpected}, shape mismatches {mismatched}')
   shardings = sharding_lib.target_shardings(abstract_state, mesh, rules)
   state = map_params(
-      lambda p, v: v.replace(read_param(path / PARAMS, p, stored[p], v.dtype, shardings[p])),
+      lambda p, v: v.replace(read_param(path, p, stored[p], v.dtype, shardings[p])),
       abstract_state)
   return nnx.merge(graphdef, state)
 

@@ -1,7 +1,9 @@
-"""Typed model configuration: one small frozen dataclass per module.
+"""Typed model configuration: the schema every job config fills in.
 
-The named architectures ("8b", "tiny", ...) live in `configs/models.py` as ml_collections
-configs; `model_config(name)` turns one into the `ModelConfig` the modules take.
+One small frozen dataclass per module describes the architecture (what a checkpoint holds);
+`Runtime` holds how a model runs (dtypes, attention backends, rematerialisation), which each job
+chooses. The named architectures ("8b", "tiny", ...) are written once, in `ARCHITECTURES` at the
+bottom of this file; `model_config(name)` returns one.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import dataclasses
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 
@@ -17,14 +20,14 @@ import jax.numpy as jnp
 class LMConfig:
   """The LLaDA masked-diffusion language model (a bidirectional Llama-style decoder)."""
 
-  vocab_size: int = 126464
-  hidden_size: int = 4096
-  num_layers: int = 32
-  num_heads: int = 32
-  num_kv_heads: int = 32
-  intermediate_size: int = 12288
-  rope_theta: float = 500000.0
-  rms_norm_eps: float = 1e-5
+  vocab_size: int
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  intermediate_size: int
+  rope_theta: float
+  rms_norm_eps: float
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -41,13 +44,13 @@ class LMConfig:
 class VisionConfig:
   """The SigLIP vision tower as the reference uses it: `num_layers` counts the layers *used*."""
 
-  hidden_size: int = 1152
-  intermediate_size: int = 4304
-  num_layers: int = 26
-  num_heads: int = 16
-  image_size: int = 384
-  patch_size: int = 14
-  layer_norm_eps: float = 1e-6
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  image_size: int
+  patch_size: int
+  layer_norm_eps: float
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -82,28 +85,64 @@ class TokenIds:
   image: int = -200  # the <image> placeholder replaced by the visual tokens
 
 
+REMAT_POLICIES = ('none', 'everything_saveable', 'nothing_saveable', 'dots_saveable',
+                  'dots_with_no_batch_dims_saveable')
+_DTYPES = ('float32', 'bfloat16', 'float16')
+
+
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """A whole VidLaDA model, or one of its halves (LM only, vision tower only).
+class Runtime:
+  """How a model runs, as opposed to what it is: chosen by each job, never stored in checkpoints.
 
   `dtype` is the computation dtype and `param_dtype` the storage dtype of the parameters.
   `attention` and `vision_attention` name the attention backends of the language model and of
   the vision tower (see `vidlada_jax.nn.attention`; "auto" picks from the platform when the
   model is built); `interpret_kernels` runs Pallas backends in interpret mode (CPU tests).
+  `remat` names the activation-checkpoint policy of each scanned layer: "none" keeps every
+  activation, the others are `jax.checkpoint_policies` (what the backward pass may keep).
   """
 
-  lm: LMConfig | None = LMConfig()
-  vision: VisionConfig | None = VisionConfig()
-  projector: str = 'mlp2x_gelu'
-  pool_stride: int = 2
-  newline: str = 'grid'
-  tokens: TokenIds = TokenIds()
   dtype: str = 'float32'
   param_dtype: str = 'float32'
   attention: str = 'auto'
   vision_attention: str = 'auto'
   interpret_kernels: bool = False
-  remat: bool = False
+  remat: str = 'none'
+
+  def __post_init__(self):
+    for field in ('dtype', 'param_dtype'):
+      name = getattr(self, field)
+      if name not in _DTYPES:
+        raise ValueError(f'{field} must be float32, bfloat16 or float16, got {name!r}')
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f'unknown remat policy {self.remat!r}; known: {", ".join(REMAT_POLICIES)}')
+
+  @property
+  def remat_policy(self):
+    """The `jax.checkpoint` policy, or None for no rematerialisation."""
+    if self.remat == 'none':
+      return None
+    return getattr(jax.checkpoint_policies, self.remat)
+
+
+RUNTIME_FIELDS = frozenset(f.name for f in dataclasses.fields(Runtime))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """A whole VidLaDA model, or one of its halves (LM only, vision tower only).
+
+  The architecture (what a checkpoint holds) plus the `Runtime` it runs with. Checkpoints and
+  the named `ARCHITECTURES` store the architecture alone (`to_dict`).
+  """
+
+  lm: LMConfig | None
+  vision: VisionConfig | None
+  projector: str = 'mlp2x_gelu'
+  pool_stride: int = 2
+  newline: str = 'grid'
+  tokens: TokenIds = TokenIds()
+  runtime: Runtime = Runtime()
 
   def __post_init__(self):
     if self.lm is None and self.vision is None:
@@ -112,10 +151,6 @@ class ModelConfig:
       raise ValueError(f'unsupported projector type {self.projector!r}: only "mlp2x_gelu" is implemented')
     if self.newline != 'grid':
       raise ValueError(f'unsupported newline position {self.newline!r}: only "grid" is implemented')
-    for field in ('dtype', 'param_dtype'):
-      name = getattr(self, field)
-      if name not in ('float32', 'bfloat16', 'float16'):
-        raise ValueError(f'{field} must be float32, bfloat16 or float16, got {name!r}')
 
   @property
   def is_multimodal(self) -> bool:
@@ -123,11 +158,11 @@ class ModelConfig:
 
   @property
   def compute_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.dtype)
+    return jnp.dtype(self.runtime.dtype)
 
   @property
   def storage_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.param_dtype)
+    return jnp.dtype(self.runtime.param_dtype)
 
   @property
   def pooled_side(self) -> int:
@@ -140,14 +175,25 @@ class ModelConfig:
     return self.pooled_side * (self.pooled_side + 1)
 
   def replace(self, **changes: Any) -> 'ModelConfig':
+    """A copy with `changes`; run-time field names (`dtype`, `attention`, ...) go to `runtime`."""
+    runtime = {k: changes.pop(k) for k in list(changes) if k in RUNTIME_FIELDS}
+    if runtime:
+      changes['runtime'] = dataclasses.replace(changes.get('runtime', self.runtime), **runtime)
     return dataclasses.replace(self, **changes)
 
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    """The architecture alone (what checkpoints store)."""
+    d = dataclasses.asdict(self)
+    del d['runtime']
+    return d
 
   @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> 'ModelConfig':
+  def from_dict(cls, d: dict[str, Any], runtime: Runtime = Runtime()) -> 'ModelConfig':
     d = dict(d)
+    # Manifests of format version 1 stored run-time choices with the architecture; they are
+    # the reader's to choose now.
+    for name in RUNTIME_FIELDS:
+      d.pop(name, None)
     unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
       raise ValueError(f'unknown model config fields: {sorted(unknown)}')
@@ -158,6 +204,7 @@ class ModelConfig:
         lm=_build(LMConfig, lm),
         vision=_build(VisionConfig, vision),
         tokens=_build(TokenIds, tokens) or TokenIds(),
+        runtime=runtime,
         **d,
     )
 
@@ -172,14 +219,71 @@ def _build(cls, d):
   return cls(**d)
 
 
-def model_config(name: str, **overrides: Any) -> ModelConfig:
-  """A named architecture from `configs/models.py`, e.g. `model_config("8b", dtype="bfloat16")`."""
-  from configs import models  # the configs/ folder is the single source of the named architectures
+# --- Named architectures: each written once, here --------------------------------------------
 
-  return ModelConfig.from_dict(models.get_config(name).to_dict()).replace(**overrides)
+# LLaDA-8B (SPEC 2.1; `config.json` of GSAI-ML/LLaDA-8B-Instruct and of LLaDA-V's LM).
+LLADA_8B = LMConfig(
+    vocab_size=126464,
+    hidden_size=4096,
+    num_layers=32,
+    num_heads=32,
+    num_kv_heads=32,
+    intermediate_size=12288,
+    rope_theta=500000.0,
+    rms_norm_eps=1e-5,
+)
+
+# SigLIP2 so400m patch14 384 ("FixRes"), as VidLaDA uses it: 26 of its 27 layers (SPEC 2.2).
+SIGLIP2_SO400M = VisionConfig(
+    hidden_size=1152,
+    intermediate_size=4304,
+    num_layers=26,
+    num_heads=16,
+    image_size=384,
+    patch_size=14,
+    layer_norm_eps=1e-6,
+)
+
+# Small enough for unit tests on a laptop CPU, but with the real vocabulary and special token ids
+# (so prompts, stop tokens and suppression behave as in the real model) and the real frame
+# geometry (384 px, patch 14, 27x27 -> 14x14, 210 tokens per frame).
+TINY_LM = LMConfig(
+    vocab_size=126464,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=4,
+    num_kv_heads=4,
+    intermediate_size=128,
+    rope_theta=500000.0,
+    rms_norm_eps=1e-5,
+)
+TINY_VISION = VisionConfig(
+    hidden_size=32,
+    intermediate_size=64,
+    num_layers=2,
+    num_heads=2,
+    image_size=384,
+    patch_size=14,
+    layer_norm_eps=1e-6,
+)
+
+ARCHITECTURES = {
+    # VidLaDA-8B: 8,434,837,024 parameters (tests/test_config.py).
+    '8b': ModelConfig(lm=LLADA_8B, vision=SIGLIP2_SO400M),
+    'llada-8b': ModelConfig(lm=LLADA_8B, vision=None),
+    'siglip2-so400m': ModelConfig(lm=None, vision=SIGLIP2_SO400M),
+    'tiny': ModelConfig(lm=TINY_LM, vision=TINY_VISION),
+    'tiny-lm': ModelConfig(lm=TINY_LM, vision=None),
+}
+
+
+def model_config(name: str, **overrides: Any) -> ModelConfig:
+  """A named architecture, e.g. `model_config("8b", dtype="bfloat16")` (see `ModelConfig.replace`
+  for what `overrides` may name)."""
+  if name not in ARCHITECTURES:
+    raise ValueError(f'unknown model {name!r}; known: {", ".join(ARCHITECTURES)}')
+  return ARCHITECTURES[name].replace(**overrides)
 
 
 def model_config_names() -> tuple[str, ...]:
-  from configs import models
-
-  return tuple(models.MODELS)
+  return tuple(ARCHITECTURES)

@@ -131,10 +131,10 @@ class LLaDA(nnx.Module):
   positions only."""
 
   def __init__(
-      self, cfg: LMConfig, attend: Attention, *, dtype, param_dtype, remat: bool = False,
+      self, cfg: LMConfig, attend: Attention, *, dtype, param_dtype, remat_policy=None,
       rngs: nnx.Rngs):
     self.config = cfg
-    self.remat = remat
+    self.remat_policy = remat_policy
     self.embed_tokens = nnx.Embed(
         cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
         embedding_init=logical(_INIT, 'vocab', 'embed'), rngs=rngs)
@@ -173,7 +173,7 @@ class LLaDA(nnx.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
     rope = RotaryTable.of(positions, self.config.head_dim, self.config.rope_theta)
-    x = scan_layers(self.layers, embeddings, rope, key_mask, remat=self.remat)
+    x = scan_layers(self.layers, embeddings, rope, key_mask, remat_policy=self.remat_policy)
     return self.norm(x)
 
   def init_cache(self, embeddings: jax.Array, positions: jax.Array | None = None,

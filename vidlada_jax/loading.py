@@ -8,6 +8,7 @@ into that parameter's sharding. At no point is more than one parameter held twic
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from vidlada_jax import checkpoint as jax_checkpoint
 from vidlada_jax import sharding as sharding_lib
-from vidlada_jax.config import ModelConfig
+from vidlada_jax.config import ModelConfig, Runtime
 from vidlada_jax.hf import config as hf_config
 from vidlada_jax.hf import layouts
 from vidlada_jax.hf.safetensors_io import (FLOAT_DTYPES, CheckpointError, SafetensorsCheckpoint,
@@ -182,6 +183,7 @@ def from_pretrained(
     param_dtype=None,
     mesh: Mesh | None = None,
     rules=None,
+    runtime: Runtime | None = None,
     attention: str | None = None,
     vision_attention: str | None = None,
     progress: bool = True,
@@ -196,28 +198,38 @@ def from_pretrained(
 
   Args:
     path: the checkpoint directory.
-    dtype: computation dtype; defaults to the checkpoint's dtype (`torch_dtype`), else float32.
-    param_dtype: parameter dtype; defaults to `dtype`.
+    dtype: computation dtype; defaults to `runtime`'s, else the checkpoint's dtype.
+    param_dtype: parameter dtype; defaults to `runtime`'s, else `dtype`.
     mesh, rules: place every parameter directly in its sharding on `mesh` under the logical-axis
-      `rules` (see `configs/mesh.py` and `vidlada_jax.sharding.mesh_from_config`).
+      `rules` (see `vidlada_jax.sharding.RULE_SETS` and `sharding.mesh_from_spec`).
+    runtime: how the model runs (`vidlada_jax.config.Runtime`: dtypes, attention backends,
+      rematerialisation); the arguments above and below override its fields.
     attention, vision_attention: attention backends of the language model and of the vision
       tower (default "auto": chosen from the platform; see vidlada_jax.nn.attention).
     progress: show a progress bar.
   """
   directory = Path(path)
   if (mesh is None) != (rules is None):
-    raise ValueError('pass both mesh and rules (see sharding.mesh_from_config), or neither')
+    raise ValueError('pass both mesh and rules (see sharding.mesh_from_spec), or neither')
+
+  def resolve(stored_dtype: str) -> Runtime:
+    chosen = dict(dtype=_dtype_name(dtype), param_dtype=_dtype_name(param_dtype),
+                  attention=attention, vision_attention=vision_attention)
+    chosen = {k: v for k, v in chosen.items() if v is not None}
+    if runtime is None:
+      base = Runtime(dtype=chosen.get('dtype', stored_dtype))
+      base = dataclasses.replace(base, param_dtype=base.dtype)
+    else:
+      base = runtime
+    return dataclasses.replace(base, **chosen)
+
   if jax_checkpoint.is_checkpoint(directory):
-    return jax_checkpoint.load(directory, dtype=_dtype_name(dtype),
-                               param_dtype=_dtype_name(param_dtype), mesh=mesh, rules=rules,
-                               attention=attention, vision_attention=vision_attention)
+    stored = jax_checkpoint.read_manifest(directory).stored_dtype
+    return jax_checkpoint.load(directory, runtime=resolve(stored), mesh=mesh, rules=rules)
   raw = read_hf_config(directory)
   layout, config, facts = hf_config.parse(raw)
-  dtype = _dtype_name(dtype) or raw.get('torch_dtype') or raw.get('dtype') or 'float32'
-  config = config.replace(
-      dtype=dtype, param_dtype=_dtype_name(param_dtype) or dtype,
-      attention=attention or config.attention,
-      vision_attention=vision_attention or config.vision_attention)
+  stored = raw.get('torch_dtype') or raw.get('dtype') or 'float32'
+  config = dataclasses.replace(config, runtime=resolve(stored))
   return load_safetensors(
       directory, config, layout, mesh=mesh, rules=rules,
       text_tower=facts.get('text_tower', False), progress=progress)

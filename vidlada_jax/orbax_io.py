@@ -6,9 +6,12 @@ touches one file and its tests (tests/test_orbax_io.py):
   IncrementalSave   writes a pytree checkpoint a few arrays at a time (orbax partial saving), so a
                     converter never holds more than one parameter; multi-host aware (every
                     process passes the same global arrays and writes only its own shards).
+                    The pytree is the checkpoint's default `state` checkpointable, the one a
+                    `training.Checkpointer` step saved with `{'state': ...}` holds too.
   load              restores a (sub)tree into the shardings and dtypes of an abstract tree;
                     each process reads only the chunks its devices need.
   array_metadata    shapes and dtypes of every stored array, without reading data.
+  custom_metadata   the JSON a checkpoint carries beside its arrays.
 """
 
 from __future__ import annotations
@@ -62,8 +65,9 @@ class IncrementalSave:
   """
 
   def __init__(self, path: str | os.PathLike, *, compress: bool = False,
-               batch_bytes: int = 64 * 2**20):
+               batch_bytes: int = 64 * 2**20, custom_metadata: dict | None = None):
     self.path = Path(path).absolute()  # orbax wants absolute paths
+    self.custom_metadata = custom_metadata
     self.batch_bytes = batch_bytes
     self._pending: dict[str, Any] = {}
     self._pending_bytes = 0
@@ -88,7 +92,7 @@ class IncrementalSave:
   def _flush(self) -> None:
     if self._pending:
       with self.context:
-        ocp.partial.save(self.path, nest(self._pending))
+        ocp.partial.save(self.path, nest(self._pending), custom_metadata=self.custom_metadata)
     self._pending, self._pending_bytes = {}, 0
 
   def finalize(self) -> None:
@@ -118,3 +122,8 @@ def array_metadata(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
   return ocp.is_orbax_checkpoint(Path(path).absolute())
+
+
+def custom_metadata(path: str | os.PathLike) -> dict:
+  """The JSON metadata a checkpoint was saved with (`custom_metadata`), or {}."""
+  return dict(ocp.metadata(Path(path).absolute()).custom_metadata or {})

@@ -1,9 +1,11 @@
 """Meshes, logical-axis rules and parameters placed directly in their shardings.
 
-Every parameter carries `logical_axes` metadata (see `vidlada_jax.nn.layers.logical`). A rule set
-from `configs/mesh.py` maps each logical name to mesh axes; this module is the one place that turns
-them into `NamedSharding`s, builds meshes, and creates or places models sharded, so that no full
-unsharded copy of the parameters ever sits on one device.
+Every parameter carries logical axis names in flax's partitioning metadata (`out_sharding`; see
+`vidlada_jax.nn.layers.logical`), so flax tooling such as `nnx.get_partition_spec` sees them. A rule set
+(`RULE_SETS`, or a job's own) maps each logical name to mesh axes; this module is the one place
+that turns them into `NamedSharding`s, builds meshes, and creates or places models sharded, so that
+no full unsharded copy of the parameters ever sits on one device. Switching between FSDP-only and
+FSDP + tensor parallelism is a change of rule set, never of model code.
 """
 
 from __future__ import annotations
@@ -19,6 +21,52 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec, SingleDev
 from vidlada_jax.params import flat_params, map_params
 
 Rules = Sequence[tuple[str, Any]]
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+# Axes every rule set leaves whole (the last two name cache and activation dimensions: the
+# sequence, and the model width of cached hidden states).
+_REPLICATED = (
+    ('layers', None),
+    ('head_dim', None),
+    ('norm', None),
+    ('vision_positions', None),
+    ('cache_length', None),
+    ('activation_embed', None),
+)
+
+RULE_SETS = {
+    # ZeRO-3 style: every large matrix is split along its model-width dimension.
+    'fsdp': (
+        ('batch', ('data', 'fsdp')),
+        ('embed', 'fsdp'),
+        ('vision_embed', 'fsdp'),
+        ('vocab', None),
+        ('heads', None),
+        ('kv_heads', None),
+        ('mlp', None),
+        ('vision_heads', None),
+        ('vision_mlp', None),
+    ) + _REPLICATED,
+    # Megatron-style tensor parallelism (heads, MLP width, vocabulary) on top of FSDP.
+    'fsdp_tp': (
+        ('batch', ('data', 'fsdp')),
+        ('embed', 'fsdp'),
+        ('vision_embed', 'fsdp'),
+        ('vocab', 'tensor'),
+        ('heads', 'tensor'),
+        ('kv_heads', 'tensor'),
+        ('mlp', 'tensor'),
+        ('vision_heads', 'tensor'),
+        ('vision_mlp', 'tensor'),
+    ) + _REPLICATED,
+}
+
+# Mesh shapes a rule set gets when a spec names no sizes (-1: the remaining devices).
+DEFAULT_MESH_SHAPES = {
+    'fsdp': dict(data=1, fsdp=-1, tensor=1),
+    'fsdp_tp': dict(data=1, fsdp=-1, tensor=2),
+}
 
 
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -45,17 +93,29 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
       tuple(sizes), names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
 
 
-def mesh_from_config(mesh_config) -> tuple[Mesh, Rules]:
-  """(mesh, rules) from a `configs/mesh.py` config (or its name, e.g. "fsdp_tp:tensor=2")."""
-  if isinstance(mesh_config, str):
-    from configs import mesh as mesh_configs
+def parse_mesh_spec(spec: str) -> tuple[str, dict[str, int]]:
+  """"fsdp_tp:data=2,tensor=4" -> ("fsdp_tp", {data: 2, fsdp: -1, tensor: 4}): a rule-set name,
+  optionally followed by axis sizes (axes not named keep the rule set's default shape)."""
+  name, _, sizes = spec.partition(':')
+  if name not in RULE_SETS:
+    raise ValueError(f'unknown mesh rule set {name!r}; known: {", ".join(RULE_SETS)}')
+  shape = dict(DEFAULT_MESH_SHAPES[name])
+  for item in filter(None, sizes.split(',')):
+    axis, _, size = item.partition('=')
+    if axis not in MESH_AXES or not size.lstrip('-').isdigit():
+      raise ValueError(f'unknown mesh axis {axis!r} in {spec!r}; axes are {MESH_AXES}')
+    shape[axis] = int(size)
+  return name, shape
 
-    mesh_config = mesh_configs.get_config(mesh_config)
-  return make_mesh(dict(mesh_config.shape)), tuple(mesh_config.rules)
+
+def mesh_from_spec(spec: str, devices: Sequence[jax.Device] | None = None) -> tuple[Mesh, Rules]:
+  """(mesh, rules) from a spec such as "fsdp" or "fsdp_tp:data=2,tensor=4" (`parse_mesh_spec`)."""
+  name, shape = parse_mesh_spec(spec)
+  return make_mesh(shape, devices), RULE_SETS[name]
 
 
 def logical_axes(variable: nnx.Variable) -> tuple[str | None, ...]:
-  return tuple(variable.get_metadata().get('logical_axes', (None,) * variable.ndim))
+  return tuple(variable.get_metadata().get('out_sharding') or (None,) * variable.ndim)
 
 
 def partition_spec(axes: Sequence[str | None], rules: Rules) -> PartitionSpec:

@@ -88,10 +88,10 @@ class SiglipVisionTower(nnx.Module):
   """pixels [N, H, W, 3] in [-1, 1] -> patch features [N, patches, hidden]."""
 
   def __init__(
-      self, cfg: VisionConfig, attend: Attention, *, dtype, param_dtype, remat: bool = False,
+      self, cfg: VisionConfig, attend: Attention, *, dtype, param_dtype, remat_policy=None,
       rngs: nnx.Rngs):
     self.config = cfg
-    self.remat = remat
+    self.remat_policy = remat_policy
     self.patch_embedding = nnx.Conv(
         3, cfg.hidden_size, kernel_size=(cfg.patch_size, cfg.patch_size),
         strides=(cfg.patch_size, cfg.patch_size), padding='VALID',
@@ -116,4 +116,4 @@ class SiglipVisionTower(nnx.Module):
     patches = self.patch_embedding(pixel_values)  # [N, 27, 27, hidden]
     x = patches.reshape(patches.shape[0], -1, cfg.hidden_size)  # raster order
     x = x + self.position_embedding.embedding[...].astype(x.dtype)
-    return scan_layers(self.layers, x, remat=self.remat)
+    return scan_layers(self.layers, x, remat_policy=self.remat_policy)

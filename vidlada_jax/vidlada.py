@@ -153,12 +153,12 @@ class VidLaDA(nnx.Module):
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
     backend = lambda name, tower: get_backend(
-        name, dtype=config.compute_dtype, tower=tower, interpret=config.interpret_kernels)
+        name, dtype=config.compute_dtype, tower=tower, interpret=config.runtime.interpret_kernels)
     common = dict(dtype=config.compute_dtype, param_dtype=config.storage_dtype)
     lm_cfg, vision_cfg = config.lm, config.vision
     self.vision_tower = nnx.data(
-        SiglipVisionTower(vision_cfg, backend(config.vision_attention, 'vision'),
-                          remat=config.remat, rngs=rngs, **common)
+        SiglipVisionTower(vision_cfg, backend(config.runtime.vision_attention, 'vision'),
+                          remat_policy=config.runtime.remat_policy, rngs=rngs, **common)
         if vision_cfg else None)
     self.mm_projector = nnx.data(
         Projector(vision_cfg.hidden_size, lm_cfg.hidden_size, rngs=rngs, **common)
@@ -168,7 +168,8 @@ class VidLaDA(nnx.Module):
             rngs.params(), (lm_cfg.hidden_size,), config.storage_dtype))
         if config.is_multimodal else None)
     self.lm = nnx.data(
-        LLaDA(lm_cfg, backend(config.attention, 'lm'), remat=config.remat, rngs=rngs, **common)
+        LLaDA(lm_cfg, backend(config.runtime.attention, 'lm'),
+              remat_policy=config.runtime.remat_policy, rngs=rngs, **common)
         if lm_cfg else None)
 
   # --- Public API (jitted; usable inside an outer jit too) -------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vidlada_jax.config import LMConfig, ModelConfig, TokenIds, VisionConfig
+from vidlada_jax.config import SIGLIP2_SO400M, LMConfig, ModelConfig, TokenIds, VisionConfig
 from vidlada_jax.hf import layouts
 
 # transformers' `SiglipVisionConfig` defaults: older transformers wrote only non-default fields.
@@ -21,7 +21,7 @@ _SIGLIP_VISION_DEFAULTS = dict(
 _TANH_GELUS = ('gelu_pytorch_tanh', 'gelu_new', 'gelu_fast')
 
 # The so400m-patch14-384 tower as VidLaDA uses it, for combined configs without `vision_config`.
-_SO400M_USED = VisionConfig()
+_SO400M_USED = SIGLIP2_SO400M
 
 DEFAULT_VISION_TOWER = 'google/siglip2-so400m-patch14-384'
 

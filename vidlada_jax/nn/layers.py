@@ -10,13 +10,19 @@ import numpy as np
 from flax import nnx, struct
 
 
+# Flax's own partitioning metadata: `out_sharding` holds logical axis names, which
+# `nnx.get_partition_spec` maps to mesh axes under `flax.linen.logical_axis_rules`. Eager sharding
+# is off because the modules never see a mesh: `vidlada_jax.sharding` places every parameter.
+PARTITIONING = dict(eager_sharding=False)
+
+
 def logical(init: Callable, *names: str | None) -> Callable:
   """Wraps a flax initializer so the parameter it creates carries logical axis names.
 
-  The names (`embed`, `heads`, `mlp`, ...) are mapped to mesh axes by the rule sets in
-  `configs/mesh.py`; see `vidlada_jax.sharding`.
+  The names (`embed`, `heads`, `mlp`, ...) are mapped to mesh axes by a rule set (see
+  `vidlada_jax.sharding.RULE_SETS`).
   """
-  return nnx.with_metadata(init, logical_axes=tuple(names))
+  return nnx.with_partitioning(init, tuple(names), **PARTITIONING)
 
 
 class RMSNorm(nnx.Module):
@@ -24,7 +30,8 @@ class RMSNorm(nnx.Module):
 
   def __init__(self, dim: int, eps: float, *, param_dtype: jnp.dtype):
     self.eps = eps
-    self.weight = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=('norm',))
+    self.weight = nnx.Param(jnp.ones((dim,), param_dtype), out_sharding=('norm',),
+                           **PARTITIONING)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
@@ -78,20 +85,21 @@ def stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs:
   graphdef = nnx.graphdef(nnx.eval_shape(lambda: make_layer(nnx.Rngs(0))))
   states = jax.vmap(lambda key: nnx.state(make_layer(nnx.Rngs(params=key))))(keys)
   states = jax.tree.map(
-      lambda v: v.replace(logical_axes=('layers',) + tuple(v.get_metadata()['logical_axes'])),
+      lambda v: v.replace(out_sharding=('layers',) + tuple(v.get_metadata()['out_sharding'])),
       states,
       is_leaf=lambda x: isinstance(x, nnx.Variable),
   )
   return nnx.merge(graphdef, states)
 
 
-def scan_layers(layers: nnx.Module, x: jax.Array, *args, remat: bool = False) -> jax.Array:
-  """Applies a `stacked` module layer after layer: x <- layer_i(x, *args)."""
+def scan_layers(layers: nnx.Module, x: jax.Array, *args, remat_policy=None) -> jax.Array:
+  """Applies a `stacked` module layer after layer: x <- layer_i(x, *args); with a
+  `remat_policy` (a `jax.checkpoint_policies` member) each layer is rematerialised under it."""
   graphdef, state = nnx.split(layers)
 
   def apply_layer(carry, layer_state):
     return nnx.merge(graphdef, layer_state)(carry, *args), None
 
-  if remat:
-    apply_layer = jax.checkpoint(apply_layer)
+  if remat_policy is not None:
+    apply_layer = jax.checkpoint(apply_layer, policy=remat_policy)
   return jax.lax.scan(apply_layer, x, state)[0]
