@@ -21,7 +21,7 @@ import numpy as np
 
 import vidlada_jax as vj
 from launch import sample
-from vidlada_jax import prompting
+from vidlada_jax.fixtures import tiny_tokenizer
 from vidlada_jax.video import write_video
 
 
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
   start = time.perf_counter()
   config = vj.model_config('tiny')
   checkpoint = vj.save_checkpoint(vj.init_model(config, seed=0), outputs / 'tiny-vidlada',
-                                  overwrite=True, tokenizer=prompting.tiny_tokenizer())
+                                  overwrite=True, tokenizer=tiny_tokenizer())
   clip = write_video(outputs / 'moving_square.mp4', moving_square_clip(), fps=4)
   print(f'tiny VidLaDA ({vj.count_params(config):,} parameters, random weights) -> {checkpoint}')
   print(f'generated clip (24 frames at 4 fps) -> {clip}  [{time.perf_counter() - start:.1f}s]')

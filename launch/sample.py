@@ -29,6 +29,7 @@ import numpy as np
 
 import vidlada_jax as vj
 from vidlada_jax import prompting
+from vidlada_jax.input_pipeline import chat
 from vidlada_jax.sampling import SamplerConfig
 from vidlada_jax.video import VideoError, read_video
 
@@ -120,9 +121,9 @@ class Sampler:
 
   def prepare(self, item: Item):
     clip = read_video(item.video, self.frames)
-    time_info = (prompting.time_instruction(clip.duration_s, clip.times_s)
+    time_info = (chat.time_instruction(clip.duration_s, clip.times_s)
                  if self.time_instruction else None)
-    text = prompting.video_question(item.question, time_info=time_info, no_think=not self.think)
+    text = chat.video_question(item.question, time_info=time_info, no_think=not self.think)
     prompt = prompting.tokenize(self.tokenizer, text)
     length = len(prompt) - 1 + len(clip.frames) * self.model.config.tokens_per_frame
     if length + self.settings.gen_length > self.max_length:

@@ -7,6 +7,8 @@ import jinja2
 
 import vidlada_jax as vj
 from vidlada_jax import prompting
+from vidlada_jax.fixtures import tiny_tokenizer
+from vidlada_jax.input_pipeline.chat import SYSTEM_PROMPT, render_chat, video_question
 from vidlada_jax.hf import config as hf_config
 from vidlada_jax.hf import layouts
 
@@ -34,11 +36,11 @@ def test_real_index_names_are_exactly_our_table():
 def test_chat_template_matches_the_reference_jinja_template():
   tokenizer_config = json.loads((REFERENCE / 'llada_v_lm_tokenizer_config.json').read_text())
   template = jinja2.Template(tokenizer_config['chat_template'])
-  messages = [{'role': 'system', 'content': prompting.SYSTEM_PROMPT},
+  messages = [{'role': 'system', 'content': SYSTEM_PROMPT},
               {'role': 'user', 'content': '  <image>\nWhat happens?  '}]
   expected = template.render(messages=messages, bos_token=tokenizer_config['bos_token'])
-  assert prompting.render_chat(messages) == expected
-  assert prompting.video_question('What happens?') == expected
+  assert render_chat(messages) == expected
+  assert video_question('What happens?') == expected
 
 
 def test_special_token_ids_match_the_reference_tokenizer():
@@ -52,6 +54,6 @@ def test_special_token_ids_match_the_reference_tokenizer():
   assert content[ids.end_header] == '<|end_header_id|>'
   assert content[ids.eot] == '<|eot_id|>'
   assert prompting.llada_special_tokens() == content
-  tokenizer = prompting.tiny_tokenizer()
+  tokenizer = tiny_tokenizer()
   for token_id, text in content.items():
     assert tokenizer.token_to_id(text) == token_id

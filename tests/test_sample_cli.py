@@ -7,7 +7,7 @@ import pytest
 import vidlada_jax as vj
 from launch import sample
 from launch.demo import moving_square_clip
-from vidlada_jax import prompting
+from vidlada_jax.fixtures import tiny_tokenizer
 from vidlada_jax.video import write_video
 
 FAST = ['--gen-length', '8', '--steps', '8', '--block-length', '8']
@@ -17,7 +17,7 @@ FAST = ['--gen-length', '8', '--steps', '8', '--block-length', '8']
 def files(tmp_path_factory):
   root = tmp_path_factory.mktemp('sample')
   checkpoint = vj.save_checkpoint(vj.init_model(vj.model_config('tiny'), seed=3), root / 'ckpt',
-                                  tokenizer=prompting.tiny_tokenizer())
+                                  tokenizer=tiny_tokenizer())
   long_clip = write_video(root / 'long.mp4', moving_square_clip(24), fps=4)  # 6 s -> 6 frames
   short_clip = write_video(root / 'short.mp4', moving_square_clip(12), fps=4)  # 3 s -> 3 frames
   return root, checkpoint, long_clip, short_clip

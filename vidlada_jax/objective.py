@@ -63,7 +63,7 @@ def masked_diffusion_loss(model: VidLaDA, input_ids, labels, rng, pixel_values=N
   Args:
     input_ids: int32 [B, L] (right-padded with EOS); with video, one -200 per row.
     labels: int32 [B, L], the target of every position or IGNORE (-100); see
-      `vidlada_jax.prompting.sft_example`.
+      `vidlada_jax.input_pipeline.chat.sft_example`.
     rng: one key; t and the masks are drawn from it.
     pixel_values: optional frames [B, F, H, W, 3].
   """

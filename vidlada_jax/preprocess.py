@@ -12,7 +12,18 @@ def preprocess_frames(frames: np.ndarray, image_size: int = IMAGE_SIZE) -> np.nd
   """uint8 RGB frames [F, h, w, 3] -> float32 [F, image_size, image_size, 3] in [-1, 1].
 
   As the reference's SigLIP image processor: PIL bicubic resize to a square (no crop, aspect
-  ratio not kept), scale by 1/255, normalise with mean = std = 0.5.
+  ratio not kept), scale by 1/255, normalise with mean = std = 0.5. The same as
+  `normalize_frames(resize_frames(frames, image_size))`, which the training pipeline splits
+  between host (resize, uint8) and device (normalise).
+  """
+  return normalize_frames(resize_frames(frames, image_size))
+
+
+def resize_frames(frames: np.ndarray, image_size: int = IMAGE_SIZE) -> np.ndarray:
+  """uint8 RGB frames [F, h, w, 3] -> uint8 [F, image_size, image_size, 3], PIL bicubic.
+
+  Kept in uint8 so a training batch moves a quarter of the bytes of float32 frames to the
+  device; `normalize_frames` finishes the preprocessing there.
   """
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[-1] != 3:
@@ -21,11 +32,20 @@ def preprocess_frames(frames: np.ndarray, image_size: int = IMAGE_SIZE) -> np.nd
     raise ValueError(f'frames must be uint8 (decoded video), got {frames.dtype}')
   if frames.shape[0] == 0:
     raise ValueError('no frames to preprocess')
-  out = np.empty((frames.shape[0], image_size, image_size, 3), np.float32)
+  out = np.empty((frames.shape[0], image_size, image_size, 3), np.uint8)
   for i, frame in enumerate(frames):
-    resized = Image.fromarray(frame).resize((image_size, image_size), Image.Resampling.BICUBIC)
-    out[i] = np.asarray(resized, np.float32) * np.float32(1 / 255)
-  return (out - 0.5) / 0.5
+    out[i] = Image.fromarray(frame).resize((image_size, image_size), Image.Resampling.BICUBIC)
+  return out
+
+
+def normalize_frames(frames):
+  """uint8 frames (numpy or jax array, any leading shape) -> float32 in [-1, 1].
+
+  Scale by 1/255, then mean = std = 0.5. Only array methods and operators that numpy and
+  jax.numpy share, so the trainer can call it on device on a uint8 batch.
+  """
+  scaled = frames.astype(np.float32) * np.float32(1 / 255)
+  return (scaled - 0.5) / 0.5
 
 
 def training_frame_indices(total: int, num_frames: int) -> np.ndarray:
