@@ -320,14 +320,14 @@ class ModelWriter:
     self._save.finalize()
 
 
-def checkpointables(model_state, config: ModelConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(checkpointables, custom metadata) of a model's parameters in the checkpoint layout, for
-  `orbax...training.Checkpointer.save_checkpointables_async` (stacked parameters whole)."""
-  variables = flat_params(model_state)
+def checkpointables(params: dict[str, jax.Array],
+                    config: ModelConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(checkpointables, custom metadata) of a model's parameters ({path: array}) in the
+  checkpoint layout, for orbax's `training.Checkpointer.save_checkpointables_async` (parameters
+  stacked over layers are saved whole)."""
   manifest = Manifest(model=config, param_dtypes={
-      p: str(np.dtype(v.get_value().dtype)) for p, v in variables.items()})
-  params = orbax_io.nest({p: v.get_value() for p, v in variables.items()})
-  return {'state': {PARAMS: params}}, manifest_metadata(manifest)
+      p: str(np.dtype(v.dtype)) for p, v in params.items()})
+  return {'state': {PARAMS: orbax_io.nest(dict(params))}}, manifest_metadata(manifest)
 
 
 def save(model: VidLaDA, path, *, overwrite: bool = False, tokenizer=None) -> Path:

@@ -125,6 +125,10 @@ class LLaDABlock(nnx.Module):
         rows_computed=cache.rows_computed.at[layer].add(size))
 
 
+# Logical axes of the hidden states between layers: batch-sharded under the trainer's rules.
+ACTIVATION_AXES = ('batch', None, 'activation_embed')
+
+
 class LLaDA(nnx.Module):
   """The language model. `embed` -> `__call__` (hidden states) -> `logits`, kept apart so that
   visual tokens can be spliced between the first two and the loss can take logits at a few
@@ -173,7 +177,8 @@ class LLaDA(nnx.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
     rope = RotaryTable.of(positions, self.config.head_dim, self.config.rope_theta)
-    x = scan_layers(self.layers, embeddings, rope, key_mask, remat_policy=self.remat_policy)
+    x = scan_layers(self.layers, embeddings, rope, key_mask, remat_policy=self.remat_policy,
+                    carry_axes=ACTIVATION_AXES)
     return self.norm(x)
 
   def init_cache(self, embeddings: jax.Array, positions: jax.Array | None = None,

@@ -7,7 +7,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx, struct
+from flax import linen, nnx, struct
 
 
 # Flax's own partitioning metadata: `out_sharding` holds logical axis names, which
@@ -92,13 +92,17 @@ def stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs:
   return nnx.merge(graphdef, states)
 
 
-def scan_layers(layers: nnx.Module, x: jax.Array, *args, remat_policy=None) -> jax.Array:
+def scan_layers(layers: nnx.Module, x: jax.Array, *args, remat_policy=None,
+                carry_axes: tuple[str | None, ...] | None = None) -> jax.Array:
   """Applies a `stacked` module layer after layer: x <- layer_i(x, *args); with a
-  `remat_policy` (a `jax.checkpoint_policies` member) each layer is rematerialised under it."""
+  `remat_policy` (a `jax.checkpoint_policies` member) each layer is rematerialised under it.
+  `carry_axes` names x's logical axes: under flax's `logical_axis_rules` (the trainer sets
+  them) every layer's output is constrained to that sharding; without rules it is a no-op."""
   graphdef, state = nnx.split(layers)
 
   def apply_layer(carry, layer_state):
-    return nnx.merge(graphdef, layer_state)(carry, *args), None
+    out = nnx.merge(graphdef, layer_state)(carry, *args)
+    return linen.with_logical_constraint(out, carry_axes), None
 
   if remat_policy is not None:
     apply_layer = jax.checkpoint(apply_layer, policy=remat_policy)

@@ -1,0 +1,58 @@
+"""Train VidLaDA from a job config.
+
+    python -m launch.train --config configs/stage1.py --workdir DIR [--config.key=value ...]
+
+The config file's `get_config(arg)` takes the text after a colon (`configs/tiny.py:stage=2`);
+`--config.train.total_steps=10` style flags override any field. Running again with the same
+work directory resumes from its latest checkpoint (parameters, optimizer, step, RNG and data
+position). On a multi-host job every process runs this same command: pass
+`--distributed` (TPU pods find their peers themselves; on GPU clusters set the coordinator, see
+`launch/slurm_train.sh`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'job config file (configs/*.py)',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'work directory: checkpoints, logs (resumed if present)')
+flags.DEFINE_bool('distributed', False, 'call jax.distributed.initialize() first (multi-host)')
+flags.DEFINE_bool('progress', True, 'show a progress bar')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if FLAGS.distributed:
+    jax.distributed.initialize()
+  logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+  logging.getLogger('absl').setLevel(logging.WARNING)
+  from vidlada_jax.training import NonFiniteLoss, Trainer  # pylint: disable=g-import-not-at-top
+
+  try:
+    trainer = Trainer(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
+    summary = trainer.run()
+    trainer.close()
+  except NonFiniteLoss as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  except (ValueError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  if jax.process_index() == 0:
+    state = 'preempted, checkpoint saved at' if summary['preempted'] else 'finished at'
+    print(f'{state} step {summary["end_step"]}: {summary["workdir"]}')
+  return 0
+
+
+if __name__ == '__main__':
+  app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,113 @@
+"""From a job's `data` section to global device batches for the train step.
+
+The `data` section:
+
+    source          'mixture' (a mixture YAML of LLaVA-Video-178K annotation files, decoded on
+                    the fly with PyAV), 'array_record' (a pre-decoded set written by
+                    `input_pipeline.build_array_record_dataset`), or 'synthetic' (moving-square
+                    clips generated into the work directory, for the tiny configs and tests)
+    mixture         the mixture YAML ('mixture')
+    array_record    the pre-decoded set's directory ('array_record')
+    synthetic_clips clips to generate ('synthetic')
+    tokenizer       a tokenizer.json or checkpoint directory, or 'tiny' (`fixtures.tiny_tokenizer`)
+    num_frames      frames per video (SPEC 6: linspace over the video)
+    buckets         text lengths a batch is padded to (the step compiles once per bucket)
+    worker_count    decoding processes per host (grain); 0 decodes in the training process
+    seed            shuffle seed (default: the train seed)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from vidlada_jax import fixtures, input_pipeline, prompting
+from vidlada_jax.config import ModelConfig
+from vidlada_jax.training.train_step import batch_shardings
+
+SOURCES = ('mixture', 'array_record', 'synthetic')
+
+
+def batch_keys(config: ModelConfig) -> tuple[str, ...]:
+  return ('input_ids', 'labels', 'frames')
+
+
+def load_tokenizer(data: dict[str, Any], workdir: Path):
+  """A resumed run keeps the tokenizer it started with (saved in its work directory)."""
+  saved = Path(workdir) / 'tokenizer.json'
+  if saved.exists():
+    return prompting.load_tokenizer(saved)
+  name = data.get('tokenizer', 'tiny')
+  if name == 'tiny':
+    return fixtures.tiny_tokenizer()
+  return prompting.load_tokenizer(name)
+
+
+def make_iterator(data: dict[str, Any], tokenizer, model: ModelConfig, *, per_host_batch: int,
+                  seed: int, workdir: Path):
+  """This host's checkpointable batch iterator (a grain `DatasetIterator`)."""
+  source_kind = data.get('source', 'mixture')
+  if source_kind not in SOURCES:
+    raise ValueError(f'config.data.source must be one of {SOURCES}, got {source_kind!r}')
+  if model.vision is None:
+    raise ValueError('training needs a model with a vision tower (the data are videos)')
+  num_frames = int(data['num_frames'])
+  image_size = model.vision.image_size
+  if source_kind == 'array_record':
+    source = input_pipeline.ArrayRecordSource(data['array_record'])
+  else:
+    if source_kind == 'synthetic':
+      mixture = input_pipeline.write_synthetic_dataset(
+          Path(workdir) / 'synthetic_data', int(data.get('synthetic_clips', 64)),
+          num_frames_in_video=int(data.get('synthetic_video_frames', 2 * num_frames)),
+          seed=int(data.get('seed', seed)))
+    else:
+      mixture = data['mixture']
+    records = input_pipeline.load_mixture(mixture, seed=int(data.get('seed', seed)))
+    source = input_pipeline.VideoSource(records, tokenizer, num_frames=num_frames,
+                                        image_size=image_size)
+  dataset = input_pipeline.make_pipeline(
+      source, batch_size=per_host_batch, seed=int(data.get('seed', seed)),
+      buckets=tuple(data['buckets']), worker_count=int(data.get('worker_count', 0)),
+      pad_id=model.tokens.eos, image_id=model.tokens.image)
+  return iter(dataset)
+
+
+def common_text_length(host: dict[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
+  """Hosts pad their rows to their own bucket; a global batch needs one length: the longest
+  host's (one small all-gather per step, only on multi-host runs)."""
+  if jax.process_count() == 1:
+    return host
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  length = host['input_ids'].shape[1]
+  longest = int(np.max(multihost_utils.process_allgather(np.int32(length))))
+  if longest == length:
+    return host
+  pad = ((0, 0), (0, longest - length))
+  return dict(host, input_ids=np.pad(host['input_ids'], pad, constant_values=pad_id),
+              labels=np.pad(host['labels'], pad, constant_values=pad_id))
+
+
+def device_batch(host: dict[str, np.ndarray], mesh: Mesh, rules, train, *,
+                 pad_id: int) -> dict[str, jax.Array]:
+  """This host's rows of a global batch -> global arrays [accumulation, micro_batch, ...],
+  each process placing only its own rows."""
+  accumulation = train.accumulation
+  keys = ('input_ids', 'labels', 'frames')
+  shardings = batch_shardings(mesh, rules, keys)
+  host = common_text_length(host, pad_id)
+  out = {}
+  for key in keys:
+    local = np.asarray(host[key])
+    if local.shape[0] % accumulation:
+      raise ValueError(f'{local.shape[0]} rows per host do not split into {accumulation} '
+                       'micro-batches')
+    local = local.reshape(accumulation, local.shape[0] // accumulation, *local.shape[1:])
+    global_shape = (accumulation, train.micro_batch, *local.shape[2:])
+    out[key] = jax.make_array_from_process_local_data(shardings[key], local, global_shape)
+  return out

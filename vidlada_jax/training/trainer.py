@@ -1,0 +1,364 @@
+"""The training loop: a job config in, checkpoints, logs and a trained model out.
+
+    trainer = Trainer(config, workdir)     # builds or restores everything
+    trainer.run()                           # trains to config.train.total_steps
+
+`config` is a job config (see `configs/`): sections `model`, `runtime`, `mesh`, `data`,
+`optimizer`, `train`, `checkpoint`. A work directory holds
+
+    checkpoints/<step>/   vidlada-jax checkpoints with the optimizer state, step, RNG and the
+                          input pipeline's position (`vidlada_jax.checkpoint`); the latest is
+                          what a restarted run resumes from and what `vj.from_pretrained(WORKDIR)`
+                          loads
+    logs/                 TensorBoard event files and metrics.jsonl
+    tokenizer.json        the tokenizer the data was tokenized with
+    config.json           the job config as run
+
+Saving is asynchronous (orbax `training.Checkpointer`) every `checkpoint.every` steps, keeping the
+last `checkpoint.keep`, plus a final save at the end and on SIGTERM (preemption). A non-finite
+loss stops the run before anything is saved, so the last good checkpoint stays the latest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from orbax.checkpoint.experimental import v1 as ocp
+from tqdm.auto import tqdm
+
+from vidlada_jax import checkpoint as checkpoint_lib
+from vidlada_jax import sharding as sharding_lib
+from vidlada_jax.config import ModelConfig, Runtime, model_config
+from vidlada_jax.loading import from_pretrained, init_model
+from vidlada_jax.orbax_io import nest, flatten
+from vidlada_jax.params import abstract_model, flat_params
+from vidlada_jax.training import data as data_lib
+from vidlada_jax.training.logs import MetricWriter
+from vidlada_jax.training.optimizer import (OptimizerConfig, check_prefixes, is_frozen,
+                                            make_optimizer)
+from vidlada_jax.training.train_step import (StepFunctions, TrainState, make_train_step,
+                                             state_shardings)
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+  """The loss became NaN or infinite; the run stopped without saving."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  total_steps: int
+  global_batch: int  # sequences per optimizer step, all hosts together
+  micro_batch: int  # sequences per forward/backward pass, all hosts together
+  seed: int = 0
+  log_every: int = 1
+  loss_chunk: int = 1024  # masked positions per chunk of the vocabulary projection
+
+  def __post_init__(self):
+    if self.total_steps < 1:
+      raise ValueError(f'total_steps must be positive, got {self.total_steps}')
+    if self.global_batch % self.micro_batch:
+      raise ValueError(f'global_batch {self.global_batch} is not a multiple of micro_batch '
+                       f'{self.micro_batch}')
+
+  @property
+  def accumulation(self) -> int:
+    return self.global_batch // self.micro_batch
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  every: int = 1000  # steps between asynchronous saves
+  keep: int = 3  # checkpoints kept (the latest ones)
+
+
+def _section(config, name: str) -> dict[str, Any]:
+  section = config.get(name)
+  return {} if section is None else dict(section.to_dict() if hasattr(section, 'to_dict')
+                                         else section)
+
+
+def _tuples(d: dict[str, Any]) -> dict[str, Any]:
+  """ConfigDict lists -> tuples, recursively (the dataclasses are frozen and hashable)."""
+  return {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list)
+          else v for k, v in d.items()}
+
+
+class Trainer:
+
+  def __init__(self, config, workdir: str | Path, *, progress: bool = True):
+    self.config = config
+    self.workdir = Path(workdir).absolute()
+    self.primary = jax.process_index() == 0
+    self.progress = progress and self.primary
+    self.train_config = TrainConfig(**_section(config, 'train'))
+    self.checkpoint_config = CheckpointConfig(**_section(config, 'checkpoint'))
+    self.optimizer_config = OptimizerConfig(**_tuples(_section(config, 'optimizer')))
+    self.runtime = Runtime(**_section(config, 'runtime'))
+    mesh_config = _section(config, 'mesh')
+    rules = mesh_config.get('rules', 'fsdp')
+    self.rules = sharding_lib.RULE_SETS[rules] if isinstance(rules, str) else tuple(rules)
+    self.mesh = sharding_lib.make_mesh(mesh_config.get('shape', dict(fsdp=-1)))
+    self._check_batch_divides()
+
+    if self.primary:
+      self.workdir.mkdir(parents=True, exist_ok=True)
+    multihost_utils.sync_global_devices('vidlada_workdir')
+    self.checkpointer = ocp.training.Checkpointer(
+        self.workdir / checkpoint_lib.TRAINING_STEPS,
+        save_decision_policy=ocp.training.save_decision_policies.FixedIntervalPolicy(
+            self.checkpoint_config.every),
+        preservation_policy=ocp.training.preservation_policies.LatestN(
+            self.checkpoint_config.keep))
+
+    latest = self.checkpointer.latest
+    model = self._build_model(resume_from=latest)
+    self.model_config = model.config
+    self._setup_step(model)
+    del model
+
+    self.tokenizer = data_lib.load_tokenizer(_section(config, 'data'), self.workdir)
+    self.data = data_lib.make_iterator(
+        _section(config, 'data'), self.tokenizer, self.model_config,
+        per_host_batch=self.train_config.global_batch // jax.process_count(),
+        seed=self.train_config.seed, workdir=self.workdir)
+    if latest is not None:
+      self._restore(latest.step)
+    else:
+      self.state = self._initial_state()
+    self._write_run_files()
+
+  # --- Building ---------------------------------------------------------------------------
+
+  def _check_batch_divides(self) -> None:
+    batch_devices = math.prod(
+        sharding_lib._mesh_axis_size(self.mesh, entry)
+        for entry in [dict(self.rules).get('batch')])
+    micro = self.train_config.micro_batch
+    if micro % batch_devices:
+      raise ValueError(f'micro_batch {micro} does not divide over the {batch_devices} devices '
+                       'the batch is split across (mesh axes of the `batch` rule)')
+    if self.train_config.global_batch % jax.process_count():
+      raise ValueError(f'global_batch {self.train_config.global_batch} does not divide over '
+                       f'{jax.process_count()} processes')
+
+  def _build_model(self, resume_from):
+    """The model to train: restored shapes only when resuming (the weights come from the
+    checkpoint), else initialised or loaded as `model.init_checkpoint` says."""
+    model_section = _section(self.config, 'model')
+    if resume_from is not None:
+      manifest = checkpoint_lib.read_manifest(resume_from.path)
+      config = manifest.model.replace(runtime=self.runtime)
+      return nnx.eval_shape(lambda: _VidLaDA(config))
+    init = model_section.get('init_checkpoint')
+    if init:
+      log.info('initialising from %s', init)
+      return from_pretrained(init, mesh=self.mesh, rules=self.rules, runtime=self.runtime,
+                             progress=self.progress)
+    name = model_section.get('architecture')
+    if not name:
+      raise ValueError('config.model needs `architecture` (a named architecture) or '
+                       '`init_checkpoint` (a checkpoint to start from)')
+    overrides = dict(model_section.get('overrides') or {})
+    config = model_config(name).replace(runtime=self.runtime)
+    for part in ('lm', 'vision'):
+      if overrides.get(part):
+        config = config.replace(**{part: dataclasses.replace(getattr(config, part),
+                                                             **overrides.pop(part))})
+    config = config.replace(**overrides)
+    return init_model(config, seed=model_section.get('seed', 0), mesh=self.mesh,
+                      rules=self.rules)
+
+  def _setup_step(self, model) -> None:
+    graphdef, state = nnx.split(model)
+    values = {path: v.get_value() for path, v in flat_params(state).items()}
+    check_prefixes(self.optimizer_config, values)
+    self.trainable_paths = [p for p in values if not is_frozen(self.optimizer_config, p)]
+    frozen_paths = [p for p in values if is_frozen(self.optimizer_config, p)]
+    if not self.trainable_paths:
+      raise ValueError('every parameter is frozen: nothing to train')
+    _, abstract_state = nnx.split(nnx.eval_shape(lambda: _VidLaDA(model.config)))
+    tx, schedule = make_optimizer(self.optimizer_config, self.trainable_paths,
+                                  self.train_config.total_steps)
+    self.functions = StepFunctions(graphdef, abstract_state, tx, schedule,
+                                   loss_chunk=self.train_config.loss_chunk)
+    shardings = sharding_lib.target_shardings(state, self.mesh, self.rules)
+    self.param_shardings = {p: shardings[p] for p in self.trainable_paths}
+    self.frozen_shardings = {p: shardings[p] for p in frozen_paths}
+    abstract = {p: jax.ShapeDtypeStruct(values[p].shape, values[p].dtype)
+                for p in self.trainable_paths}
+    self.abstract_params = abstract
+    self.state_shardings = state_shardings(self.functions, abstract, self.param_shardings,
+                                           self.mesh)
+    self.step_fn = make_train_step(self.functions, self.mesh, self.rules, self.state_shardings,
+                                   self.frozen_shardings, data_lib.batch_keys(model.config))
+    # Concrete weights (a fresh or loaded model); abstract when resuming.
+    self._initial_values = values
+    self.frozen = {p: values[p] for p in frozen_paths}
+
+  def _initial_state(self) -> TrainState:
+    params = {p: self._initial_values[p] for p in self.trainable_paths}
+    opt_state = jax.jit(self.functions.tx.init,
+                        out_shardings=self.state_shardings.opt_state)(params)
+    replicated = self.state_shardings.step
+    step = jax.device_put(jnp.int32(0), replicated)
+    rng = jax.device_put(jax.random.PRNGKey(self.train_config.seed), replicated)
+    self._initial_values = None
+    return TrainState(params=params, opt_state=opt_state, step=step, rng=rng)
+
+  # --- Checkpoints -----------------------------------------------------------------------
+
+  def _abstract_state(self) -> TrainState:
+    as_struct = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+    abstract_opt = jax.eval_shape(self.functions.tx.init, self.abstract_params)
+    return TrainState(
+        params={p: as_struct(x, self.param_shardings[p]) for p, x in self.abstract_params.items()},
+        opt_state=jax.tree.map(as_struct, abstract_opt, self.state_shardings.opt_state),
+        step=jax.ShapeDtypeStruct((), jnp.int32, sharding=self.state_shardings.step),
+        rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=self.state_shardings.rng))
+
+  def _restore(self, step: int) -> None:
+    """Parameters, optimizer state, step, RNG and the data position of checkpoint `step`,
+    each array read straight into this run's shardings."""
+    abstract = self._abstract_state()
+    frozen_abstract = {p: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.frozen_shardings[p])
+                       for p, x in self.frozen.items()}
+    params = nest({**abstract.params, **frozen_abstract})
+    train_state = dict(opt_state=abstract.opt_state, step=abstract.step, rng=abstract.rng)
+    restored = self.checkpointer.load_checkpointables(step, {
+        'state': {checkpoint_lib.PARAMS: params},
+        'train_state': train_state,
+        'data_iterator': self.data,
+    })
+    values = flatten(restored['state'][checkpoint_lib.PARAMS])
+    train_state = restored['train_state']
+    self.frozen = {p: values[p] for p in self.frozen}
+    self.state = TrainState(params={p: values[p] for p in self.trainable_paths},
+                            opt_state=train_state['opt_state'], step=train_state['step'],
+                            rng=train_state['rng'])
+    self._initial_values = None
+    if self.primary:
+      log.info('resumed from step %d in %s', step, self.workdir)
+
+  def _save(self, step: int, *, force: bool = False):
+    values = {**self.state.params, **self.frozen}
+    checkpointables, metadata = checkpoint_lib.checkpointables(values, self.model_config)
+    checkpointables['train_state'] = dict(opt_state=self.state.opt_state, step=self.state.step,
+                                          rng=self.state.rng)
+    checkpointables['data_iterator'] = self.data
+    return self.checkpointer.save_checkpointables_async(
+        step, checkpointables, force=force, custom_metadata=metadata)
+
+  def _write_run_files(self) -> None:
+    if not self.primary:
+      return
+    (self.workdir / 'config.json').write_text(self.config.to_json_best_effort(indent=2)
+                                              if hasattr(self.config, 'to_json_best_effort')
+                                              else json.dumps(dict(self.config), indent=2))
+    tokenizer_file = self.workdir / 'tokenizer.json'
+    if not tokenizer_file.exists():
+      self.tokenizer.save(str(tokenizer_file))
+
+  # --- The loop --------------------------------------------------------------------------
+
+  def run(self) -> dict[str, Any]:
+    """Trains to `total_steps` (or until preempted); returns a summary."""
+    total = self.train_config.total_steps
+    start_step = int(self.state.step)
+    writer = MetricWriter(self.workdir / 'logs') if self.primary else None
+    preempted = _PreemptionFlag()
+    bar = tqdm(total=total, initial=start_step, unit='step', disable=not self.progress,
+               desc='train', dynamic_ncols=True)
+    summary = dict(start_step=start_step, preempted=False)
+    step = start_step
+    try:
+      while step < total:
+        tick = time.perf_counter()
+        batch = data_lib.device_batch(next(self.data), self.mesh, self.rules,
+                                      self.train_config, pad_id=self.model_config.tokens.eos)
+        self.state, metrics = self.step_fn(self.state, self.frozen, batch)
+        step += 1
+        if step % self.train_config.log_every == 0 or step == total:
+          # Replicated scalars: every process reads its own copy.
+          scalars = {k: float(np.asarray(v.addressable_data(0))) for k, v in metrics.items()}
+          if not math.isfinite(scalars['loss']):
+            raise NonFiniteLoss(
+                f'the loss is {scalars["loss"]} at step {step}; stopping without saving. The '
+                f'last good checkpoint is {self._latest_description()}. Lower the learning '
+                'rate or check the data (config.optimizer, config.data).')
+          seconds = time.perf_counter() - tick
+          tokens = int(np.prod(batch['input_ids'].shape))  # global
+          scalars.update(step_time_s=seconds, tokens_per_s=tokens / seconds)
+          if writer:
+            writer.write(step, scalars)
+          bar.set_postfix(loss=f'{scalars["loss"]:.4f}', lr=f'{scalars["learning_rate"]:.2e}')
+        bar.update(1)
+        if step < total:
+          self._save(step)
+        if preempted.check(step):
+          log.warning('preempted at step %d: saving a checkpoint and stopping', step)
+          self._save(step, force=True)
+          summary['preempted'] = True
+          break
+      else:
+        if not any(c.step == step for c in self.checkpointer.checkpoints):
+          self._save(step, force=True)
+      self.checkpointer.wait()
+    finally:
+      preempted.restore()
+      bar.close()
+      if writer:
+        writer.close()
+    summary.update(end_step=step, workdir=str(self.workdir))
+    return summary
+
+  def _latest_description(self) -> str:
+    latest = self.checkpointer.latest
+    return (f'step {latest.step} in {self.workdir / checkpoint_lib.TRAINING_STEPS}'
+            if latest else 'none (no checkpoint was saved yet)')
+
+  def close(self) -> None:
+    self.checkpointer.close()
+
+
+def _VidLaDA(config: ModelConfig):
+  from vidlada_jax.vidlada import VidLaDA
+
+  return VidLaDA(config, rngs=nnx.Rngs(0))
+
+
+class _PreemptionFlag:
+  """SIGTERM asks for a final checkpoint. One process: the signal's own flag. Several: JAX's
+  preemption sync point, so that every process saves at the same step."""
+
+  def __init__(self):
+    self.requested = False
+    self.multihost = jax.process_count() > 1
+    self._previous = None
+    if not self.multihost:
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):
+    self.requested = True
+
+  def check(self, step: int) -> bool:
+    if self.multihost:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+  def restore(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
