@@ -61,10 +61,7 @@ def make_iterator(data: dict[str, Any], tokenizer, model: ModelConfig, *, per_ho
     source = input_pipeline.ArrayRecordSource(data['array_record'])
   else:
     if source_kind == 'synthetic':
-      mixture = input_pipeline.write_synthetic_dataset(
-          Path(workdir) / 'synthetic_data', int(data.get('synthetic_clips', 64)),
-          num_frames_in_video=int(data.get('synthetic_video_frames', 2 * num_frames)),
-          seed=int(data.get('seed', seed)))
+      mixture = _synthetic_mixture(data, Path(workdir), num_frames, seed)
     else:
       mixture = data['mixture']
     records = input_pipeline.load_mixture(mixture, seed=int(data.get('seed', seed)))
@@ -91,6 +88,22 @@ def common_text_length(host: dict[str, np.ndarray], pad_id: int) -> dict[str, np
   pad = ((0, 0), (0, longest - length))
   return dict(host, input_ids=np.pad(host['input_ids'], pad, constant_values=pad_id),
               labels=np.pad(host['labels'], pad, constant_values=pad_id))
+
+
+def _synthetic_mixture(data: dict[str, Any], workdir: Path, num_frames: int, seed: int) -> Path:
+  """Generated clips in the work directory: written once (by the first process), reused when
+  the run resumes."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  root = workdir / 'synthetic_data'
+  mixture = root / 'mixture.yaml'
+  if jax.process_index() == 0 and not mixture.exists():
+    input_pipeline.write_synthetic_dataset(
+        root, int(data.get('synthetic_clips') or 64),
+        num_frames_in_video=int(data.get('synthetic_video_frames') or 2 * num_frames),
+        seed=int(data.get('seed', seed)))
+  multihost_utils.sync_global_devices('vidlada_synthetic_data')
+  return mixture
 
 
 def device_batch(host: dict[str, np.ndarray], mesh: Mesh, rules, train, *,

@@ -86,7 +86,7 @@ def train_step(functions: StepFunctions, state: TrainState, frozen: dict[str, ja
   grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
   updates, opt_state = functions.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(loss=loss, grad_norm=optax.global_norm(grads),
+  metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads),
                  learning_rate=functions.lr_schedule(state.step), masked_tokens=masked)
   return TrainState(params=params, opt_state=opt_state, step=state.step + 1, rng=state.rng), metrics
 

@@ -316,8 +316,8 @@ class Trainer:
       else:
         if not any(c.step == step for c in self.checkpointer.checkpoints):
           self._save(step, force=True)
-      self.checkpointer.wait()
     finally:
+      self.checkpointer.wait()  # saves in flight hold good states: let them finish
       preempted.restore()
       bar.close()
       if writer:
