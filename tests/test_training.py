@@ -225,3 +225,18 @@ def test_tiny_config_loss_goes_down(tmp_path):
   losses = [loss for _, loss in sorted(losses_by_step(tmp_path / 'run').items())]
   assert len(losses) == 60
   assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10]), losses
+
+
+def test_a_corrupt_video_is_skipped_and_counted_not_fatal(tmp_path):
+  from vidlada_jax.input_pipeline import write_synthetic_dataset
+
+  mixture = write_synthetic_dataset(tmp_path / 'data', 12, num_frames_in_video=8)
+  videos = sorted((tmp_path / 'data' / 'videos').iterdir())
+  videos[0].write_bytes(b'not a video')
+  videos[1].unlink()
+  run = launch(tmp_path / 'run', '--config.data.source=mixture',
+               f'--config.data.mixture={mixture}', stages=':steps=4')
+  assert run.returncode == 0, run.output[-3000:]
+  assert str(videos[1]) in run.output  # logged with its path
+  counts = [r['skipped_videos'] for r in read_metrics(tmp_path / 'run' / 'logs')]
+  assert len(counts) == 4 and counts == sorted(counts) and counts[-1] >= 2

@@ -287,8 +287,9 @@ class Trainer:
     try:
       while step < total:
         tick = time.perf_counter()
-        batch = data_lib.device_batch(next(self.data), self.mesh, self.rules,
-                                      self.train_config, pad_id=self.model_config.tokens.eos)
+        host_batch = next(self.data)
+        batch = data_lib.device_batch(host_batch, self.mesh, self.rules, self.train_config,
+                                      pad_id=self.model_config.tokens.eos)
         self.state, metrics = self.step_fn(self.state, self.frozen, batch)
         step += 1
         if step % self.train_config.log_every == 0 or step == total:
@@ -302,6 +303,8 @@ class Trainer:
           seconds = time.perf_counter() - tick
           tokens = int(np.prod(batch['input_ids'].shape))  # global
           scalars.update(step_time_s=seconds, tokens_per_s=tokens / seconds)
+          if 'skipped' in host_batch:  # unreadable videos so far (this host's count)
+            scalars['skipped_videos'] = int(np.asarray(host_batch['skipped']).reshape(-1)[0])
           if writer:
             writer.write(step, scalars)
           bar.set_postfix(loss=f'{scalars["loss"]:.4f}', lr=f'{scalars["learning_rate"]:.2e}')
