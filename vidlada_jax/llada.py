@@ -20,7 +20,8 @@ from pallas_kernels.block_sparse import FrameWindowMask
 from vidlada_jax.cache import AnchorSearch, LMCache, Recompute, RowWindow
 from vidlada_jax.config import LMConfig
 from vidlada_jax.nn.attention import Attention
-from vidlada_jax.nn.layers import RMSNorm, RotaryTable, apply_rope, logical, scan_layers, stacked
+from vidlada_jax.nn.layers import (ACTIVATION_AXES, RMSNorm, RotaryTable, apply_rope, logical,
+                                   scan_layers, stacked)
 
 _INIT = nnx.initializers.normal(0.02)  # the reference's initializer_range
 
@@ -123,10 +124,6 @@ class LLaDABlock(nnx.Module):
         hidden=jax.lax.dynamic_update_slice(cache.hidden, out[None], (layer + 1, 0, start, 0)),
         keys=keys, values=values, anchors=anchors,
         rows_computed=cache.rows_computed.at[layer].add(size))
-
-
-# Logical axes of the hidden states between layers: batch-sharded under the trainer's rules.
-ACTIVATION_AXES = ('batch', None, 'activation_embed')
 
 
 class LLaDA(nnx.Module):

@@ -11,11 +11,11 @@ from __future__ import annotations
 import functools
 
 import jax
-from flax import nnx
+from flax import linen, nnx
 
 from vidlada_jax.config import VisionConfig
 from vidlada_jax.nn.attention import Attention
-from vidlada_jax.nn.layers import logical, scan_layers, stacked
+from vidlada_jax.nn.layers import ACTIVATION_AXES, logical, scan_layers, stacked
 
 _INIT = nnx.initializers.normal(0.02)
 _ZEROS = nnx.initializers.zeros_init()
@@ -116,4 +116,6 @@ class SiglipVisionTower(nnx.Module):
     patches = self.patch_embedding(pixel_values)  # [N, 27, 27, hidden]
     x = patches.reshape(patches.shape[0], -1, cfg.hidden_size)  # raster order
     x = x + self.position_embedding.embedding[...].astype(x.dtype)
-    return scan_layers(self.layers, x, remat_policy=self.remat_policy)
+    # Frames split over the batch devices under the trainer's rules (a no-op without them).
+    x = linen.with_logical_constraint(x, ACTIVATION_AXES)
+    return scan_layers(self.layers, x, remat_policy=self.remat_policy, carry_axes=ACTIVATION_AXES)

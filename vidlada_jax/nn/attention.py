@@ -82,6 +82,9 @@ def chunked_xla_attention(
   q = q.reshape(batch, -1, query_chunk, num_kv_heads, groups, head_dim).transpose(1, 0, 3, 4, 2, 5)
   k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Hkv, Lk, D]
 
+  # Rematerialised: otherwise the backward pass keeps every chunk's float32 probabilities, the
+  # whole [L, L] matrix the chunking exists to avoid (34 GB per 16K-token sequence).
+  @jax.checkpoint
   def attend_chunk(q_chunk):  # [B, Hkv, G, chunk, D]
     scores = jnp.einsum('bhgqd,bhkd->bhgqk', q_chunk, k, preferred_element_type=jnp.float32)
     scores = scores * (head_dim ** -0.5)
@@ -200,12 +203,13 @@ def available_backends() -> tuple[str, ...]:
 def resolve_auto(platform: str, dtype, *, tower: str = 'lm') -> str:
   """The backend `auto` means on `platform` for a `dtype` computation.
 
-  cuDNN's fused attention takes half precision only (float32 stays on XLA); splash needs head
-  dimensions that are multiples of 128, which SigLIP's 72 is not, so on TPU the vision tower
-  takes the portable chunked XLA path.
+  cuDNN's fused attention takes half precision only (float32 stays on XLA) and refuses
+  SigLIP's 729-token sequences ("Unsupported sequence length"); splash needs head dimensions
+  that are multiples of 128, which SigLIP's 72 is not. So the vision tower takes the portable
+  chunked XLA path on both.
   """
   half = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-  if platform in ('gpu', 'cuda', 'rocm') and half:
+  if platform in ('gpu', 'cuda', 'rocm') and half and tower == 'lm':
     return 'cudnn'
   if platform == 'tpu' and tower == 'lm':
     return 'splash'

@@ -15,6 +15,10 @@ from flax import linen, nnx, struct
 # is off because the modules never see a mesh: `vidlada_jax.sharding` places every parameter.
 PARTITIONING = dict(eager_sharding=False)
 
+# Logical axes of the activations between layers ([batch or frames, positions, width]): split
+# over the batch devices under the trainer's rules.
+ACTIVATION_AXES = ('batch', None, 'activation_embed')
+
 
 def logical(init: Callable, *names: str | None) -> Callable:
   """Wraps a flax initializer so the parameter it creates carries logical axis names.

@@ -120,7 +120,11 @@ def device_batch(host: dict[str, np.ndarray], mesh: Mesh, rules, train, *,
     if local.shape[0] % accumulation:
       raise ValueError(f'{local.shape[0]} rows per host do not split into {accumulation} '
                        'micro-batches')
-    local = local.reshape(accumulation, local.shape[0] // accumulation, *local.shape[1:])
+    # Row g goes to micro-batch g % accumulation: with each host holding a block of the global
+    # batch, which sequences share a micro-batch (and its random draws) is then the same
+    # whatever the number of hosts.
+    local = np.ascontiguousarray(np.swapaxes(
+        local.reshape(local.shape[0] // accumulation, accumulation, *local.shape[1:]), 0, 1))
     global_shape = (accumulation, train.micro_batch, *local.shape[2:])
     out[key] = jax.make_array_from_process_local_data(shardings[key], local, global_shape)
   return out
