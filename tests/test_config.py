@@ -84,3 +84,31 @@ def test_library_does_not_import_job_configs():
           'print(sorted(m for m in sys.modules if m == "configs" or m.startswith("configs.")))')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == '[]'
+
+
+@pytest.mark.parametrize('name, arg', [
+    ('tiny', None), ('tiny', 'stage=3,init=/runs/tiny2'), ('stage1', None),
+    ('stage2', 'frames=32,init=/runs/stage1'), ('stage3', None), ('llada_v_finetune', None)])
+def test_job_configs_fill_the_library_schema(name, arg):
+  """Every job config builds, and each section is accepted by the dataclass it fills."""
+  import importlib
+
+  from vidlada_jax.training import CheckpointConfig, OptimizerConfig, TrainConfig
+  from vidlada_jax.training.trainer import _section, _tuples
+
+  config = importlib.import_module(f'configs.{name}').get_config(arg)
+  vj.Runtime(**_section(config, 'runtime'))
+  optimizer = OptimizerConfig(**_tuples(_section(config, 'optimizer')))
+  TrainConfig(**_section(config, 'train'))
+  CheckpointConfig(**_section(config, 'checkpoint'))
+  assert config.data.num_frames > 0 and list(config.data.buckets) == sorted(config.data.buckets)
+  if name == 'stage3' or (arg or '').startswith('stage=3'):
+    assert optimizer.frozen == ('vision_tower',)
+
+
+def test_config_arguments_are_checked():
+  from configs import tiny
+
+  with pytest.raises(ValueError, match="unknown config argument 'frame=2'"):
+    tiny.get_config('frame=2')
+  assert tiny.get_config('stage=2,steps=5').train.total_steps == 5
