@@ -225,6 +225,14 @@ def test_tiny_config_loss_goes_down(tmp_path):
   losses = [loss for _, loss in sorted(losses_by_step(tmp_path / 'run').items())]
   assert len(losses) == 60
   assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10]), losses
+  # TensorBoard reads the same scalars back from the event files.
+  from tensorboard.backend.event_processing import event_accumulator
+
+  events = event_accumulator.EventAccumulator(str(tmp_path / 'run' / 'logs'))
+  events.Reload()
+  for tag in ('loss', 'learning_rate', 'grad_norm', 'tokens_per_s', 'step_time_s'):
+    assert [e.step for e in events.Scalars(tag)] == list(range(1, 61)), tag
+  np.testing.assert_allclose([e.value for e in events.Scalars('loss')], losses, rtol=1e-6)
 
 
 def test_a_corrupt_video_is_skipped_and_counted_not_fatal(tmp_path):
