@@ -11,6 +11,9 @@ that would be more. The question gets "/no_think" appended as in the reference e
 (--think leaves it off); --time-instruction adds the video's duration and frame times.
 --batch-file answers many questions: one JSON object per line with "video" and "question" (and
 optionally "id"); items with the same frame count are decoded together, --batch-size at a time.
+An item whose video cannot be read (missing, corrupt) or whose prompt does not fit is reported
+with an "error" field naming the problem and the others are answered; the exit status is then 1.
+Frames are resized to the checkpoint's tower resolution.
 --cache picks the cache policy: none (plain decoding, the reference), mars (MARS-Cache with its
 measured defaults), mars-exact (MARS-Cache with every mechanism off) or dual (Fast-dLLM).
 """
@@ -52,6 +55,7 @@ class Answer:
   tokens: list[int]
   num_frames: int
   prompt_tokens: int  # after splicing the visual tokens
+  error: str | None = None  # why this item has no answer
 
 
 def read_items(args) -> list[Item]:
@@ -134,22 +138,35 @@ class Sampler:
           'use fewer --frames or a shorter --gen-length')
     return clip, prompt
 
-  def answer(self, items: list[Item], batch_size: int, on_layout=None) -> tuple[list[Answer], dict]:
+  def answer(self, items: list[Item], batch_size: int, on_layout=None,
+             keep_going: bool = False) -> tuple[list[Answer], dict]:
+    """Answers `items`; with `keep_going`, an item that cannot be prepared (unreadable video,
+    prompt too long) gets an `Answer` with its `error` instead of stopping the others."""
     timings = dict(video_s=0.0, generate_s=0.0, generated_tokens=0)
     prepared = []
+    answers = {}
     for item in items:
       start = time.perf_counter()
-      clip, prompt = self.prepare(item)
-      timings['video_s'] += time.perf_counter() - start
+      try:
+        clip, prompt = self.prepare(item)
+      except (VideoError, FileNotFoundError, ValueError) as e:
+        if not keep_going:
+          raise
+        answers[item.id] = Answer(id=item.id, video=str(item.video), question=item.question,
+                                  answer='', tokens=[], num_frames=0, prompt_tokens=0,
+                                  error=str(e))
+        continue
+      finally:
+        timings['video_s'] += time.perf_counter() - start
       prepared.append((item, clip, prompt))
     by_frames: dict[int, list] = {}
     for entry in prepared:
       by_frames.setdefault(len(entry[1].frames), []).append(entry)
-    answers = {}
     for num_frames, group in by_frames.items():
       for i in range(0, len(group), batch_size):
         batch = group[i:i + batch_size]
-        pixels = np.stack([vj.preprocess_frames(clip.frames) for _, clip, _ in batch])
+        pixels = np.stack([vj.preprocess_frames(clip.frames, self.model.config.vision.image_size)
+                           for _, clip, _ in batch])
         prompts = [prompt for _, _, prompt in batch]
         if on_layout:
           on_layout(describe_layout(prompts[0], num_frames, self.model.config.tokens_per_frame,
@@ -212,31 +229,37 @@ def main(argv=None) -> int:
     if args.batch_size < 1 or args.frames < 1:
       raise ValueError('--batch-size and --frames must be positive')
     items = read_items(args)
-    for item in items:
-      if not item.video.exists():
-        raise FileNotFoundError(f'video {item.video} does not exist')
+    if not args.batch_file and not items[0].video.exists():
+      raise FileNotFoundError(f'video {items[0].video} does not exist')
     sampler = Sampler(args.checkpoint, settings, frames=args.frames, dtype=args.dtype,
                       time_instruction=args.time_instruction, think=args.think,
                       max_length=args.max_length, seed=args.seed, cache=args.cache)
     show = (lambda text: print('spliced sequence:\n' + text)) if args.show_layout else None
-    answers, timings = sampler.answer(items, args.batch_size, on_layout=show)
+    answers, timings = sampler.answer(items, args.batch_size, on_layout=show,
+                                      keep_going=bool(args.batch_file))
   except (ValueError, FileNotFoundError, VideoError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  failed = [a for a in answers if a.error]
   if args.json:
     print(json.dumps(dict(answers=[dataclasses.asdict(a) for a in answers], timings=timings,
                           settings={k: v for k, v in dataclasses.asdict(settings).items()
                                     if k != 'tokens'})))
-    return 0
+    return 1 if failed else 0
   for answer in answers:
     prefix = f'[{answer.id}] ' if len(answers) > 1 else ''
+    if answer.error:
+      print(f'{prefix}error: {answer.error}')
+      continue
     if args.show_layout:
       print(f'{prefix}decoded tokens: {answer.tokens}')
     print(f'{prefix}{answer.answer or "(empty answer)"}')
   print(f'({timings["generated_tokens"]} tokens in {timings["generate_s"]:.2f}s including '
         f'compilation, {timings["tokens_per_s"]:.1f} tokens/s; model loaded in '
         f'{timings["load_s"]:.1f}s)', file=sys.stderr)
-  return 0
+  if failed:
+    print(f'{len(failed)} of {len(answers)} item(s) failed', file=sys.stderr)
+  return 1 if failed else 0
 
 
 if __name__ == '__main__':

@@ -111,3 +111,45 @@ def test_cache_policies_from_the_command_line(files, capsys):
     answers[cache] = json.loads(out)['answers'][0]['tokens']
   assert answers['mars-exact'] == answers['none']  # every MARS-Cache knob off: plain decoding
   assert all(len(tokens) == 8 for tokens in answers.values())
+
+
+def test_batch_file_answers_every_readable_item(files, capsys):
+  root, checkpoint, long_clip, short_clip = files
+  corrupt = root / 'corrupt_in_batch.mp4'
+  corrupt.write_bytes(b'\x00\x00\x00\x18ftypmp42' + bytes(range(256)) * 8)
+  batch = root / 'mixed.jsonl'
+  batch.write_text('\n'.join(json.dumps(r) for r in [
+      {'id': 'good', 'video': str(short_clip), 'question': 'What colour is the square?'},
+      {'id': 'corrupt', 'video': str(corrupt), 'question': 'Q?'},
+      {'id': 'missing', 'video': str(root / 'nowhere.mp4'), 'question': 'Q?'},
+      {'id': 'good2', 'video': str(long_clip), 'question': 'What moves?'}]))
+  code, out, err = run(capsys, '--checkpoint', checkpoint, '--batch-file', batch, '--json', *FAST)
+  assert code == 1, err
+  answers = {a['id']: a for a in json.loads(out)['answers']}
+  assert list(answers) == ['good', 'corrupt', 'missing', 'good2']
+  assert answers['good']['error'] is None and len(answers['good']['tokens']) == 8
+  assert answers['good2']['error'] is None and answers['good2']['num_frames'] == 6
+  assert 'corrupt_in_batch.mp4' in answers['corrupt']['error']
+  assert 'nowhere.mp4 does not exist' in answers['missing']['error']
+  # The readable items' answers do not depend on the failed ones.
+  code, out, _ = run(capsys, '--checkpoint', checkpoint, '--video', short_clip,
+                     '--question', 'What colour is the square?', '--json', *FAST)
+  assert json.loads(out)['answers'][0]['tokens'] == answers['good']['tokens']
+  code, out, err = run(capsys, '--checkpoint', checkpoint, '--batch-file', batch, *FAST)
+  assert code == 1 and '[corrupt] error:' in out and '2 of 4 item(s) failed' in err
+
+
+def test_frames_follow_the_checkpoint_tower_resolution(files, capsys, tmp_path):
+  import dataclasses
+
+  root, _, long_clip, _ = files
+  config = vj.model_config('tiny')
+  config = config.replace(vision=dataclasses.replace(config.vision, image_size=112))
+  small = vj.save_checkpoint(vj.init_model(config, seed=3), tmp_path / 'small',
+                             tokenizer=tiny_tokenizer())
+  code, out, err = run(capsys, '--checkpoint', small, '--video', long_clip, '--question', 'Q?',
+                       '--json', *FAST)
+  assert code == 0, err
+  (answer,) = json.loads(out)['answers']
+  assert answer['num_frames'] == 6
+  assert answer['prompt_tokens'] > 6 * config.tokens_per_frame  # 20 visual tokens a frame
