@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -56,11 +57,120 @@ def _count_frames(path: Path) -> tuple[int, float]:
   return int(total), float(rate)
 
 
+def _read_sequential(container, wanted: list[int]) -> tuple[dict[int, np.ndarray], int]:
+  """Decodes from the first frame up to the last wanted one; frame i is the i-th decoded.
+
+  Returns the wanted frames by index and how many frames were decoded.
+  """
+  decoded: dict[int, np.ndarray] = {}
+  last, wanted = max(wanted), set(wanted)
+  count = 0
+  for i, frame in enumerate(container.decode(container.streams.video[0])):
+    count += 1
+    if i in wanted:
+      decoded[i] = frame.to_ndarray(format='rgb24')
+    if i >= last:
+      break
+  return decoded, count
+
+
+class _SeekUnreliable(Exception):
+  """Seeking did not lead where a sequential decode would: decode this file sequentially."""
+
+
+def _read_by_seeking(container, wanted: list[int],
+                     rate: Fraction) -> tuple[dict[int, np.ndarray], int, int]:
+  """Decodes the `wanted` frames (sorted, distinct), seeking to a keyframe before far ones.
+
+  A frame's index is read from its pts: round((pts - start_pts) * time_base * rate). Any sign
+  that this does not number frames as a sequential decode would (no pts, indices that do not
+  step by one, a wanted frame skipped or never reached) raises _SeekUnreliable, so that the
+  caller decodes sequentially instead: seeking may make reading faster, never different.
+
+  When to seek: only when the next wanted frame is more than max(2 s, the longest keyframe
+  interval seen so far) ahead. Nearer than a keyframe interval, seeking would most likely land
+  on a keyframe at or before where decoding already stands, so decoding forward is no slower;
+  the 2 s floor keeps clips whose keyframe interval is not yet known (or is short) from seeking
+  for every one-per-second evaluation frame, where a seek's flush costs more than it saves.
+
+  Returns the frames by index, how many frames were decoded and how many seeks were made.
+  """
+  stream = container.streams.video[0]
+  time_base = stream.time_base
+  if not time_base or not rate:
+    raise _SeekUnreliable
+  start_pts = stream.start_time or 0
+  pts_per_frame = 1 / (rate * time_base)
+
+  def index_of(pts: int) -> int:
+    return round((pts - start_pts) * time_base * rate)
+
+  def latest_pts_of(index: int) -> int:
+    # The largest pts that still rounds to `index`: a backward seek to it lands on a keyframe
+    # at or before the frame, even when the file's pts are rounded off the exact frame grid.
+    return start_pts + math.ceil((index + Fraction(1, 2)) * pts_per_frame) - 1
+
+  decoded: dict[int, np.ndarray] = {}
+  frames = container.decode(stream)  # the first run starts at frame 0 without seeking
+  position = -1  # index of the last decoded frame; None right after a seek
+  last_keyframe = None
+  longest_keyframe_interval = 0
+  frames_decoded = seeks = 0
+  for target in wanted:
+    if position is not None and target - position > max(2 * rate, longest_keyframe_interval):
+      container.seek(latest_pts_of(target), stream=stream, backward=True, any_frame=False)
+      frames = container.decode(stream)
+      position = last_keyframe = None
+      seeks += 1
+    for frame in frames:
+      frames_decoded += 1
+      if frame.pts is None:
+        raise _SeekUnreliable
+      index = index_of(frame.pts)
+      if (position is not None and index != position + 1) or index > target:
+        raise _SeekUnreliable
+      position = index
+      if frame.key_frame:
+        if last_keyframe is not None:
+          longest_keyframe_interval = max(longest_keyframe_interval, index - last_keyframe)
+        last_keyframe = index
+      if index == target:
+        decoded[target] = frame.to_ndarray(format='rgb24')
+        break
+    else:  # the stream ended before the target: truncated, or not numbered as assumed
+      raise _SeekUnreliable
+  return decoded, frames_decoded, seeks
+
+
+@dataclasses.dataclass
+class DecodeStats:
+  frames_decoded: int  # by the path whose frames were returned
+  seeks: int
+  sequential: bool  # whether the file was decoded from its start (seeking failed or was refused)
+
+
+def _read_frames(path: Path, wanted: list[int]) -> tuple[dict[int, np.ndarray], DecodeStats]:
+  """The `wanted` frames (sorted, distinct) by index, seeking where the file allows."""
+  with _open(path) as container:
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate
+    try:
+      decoded, frames_decoded, seeks = _read_by_seeking(container, wanted, rate)
+      return decoded, DecodeStats(frames_decoded=frames_decoded, seeks=seeks, sequential=False)
+    except (_SeekUnreliable, av.FFmpegError):
+      pass  # decoded again from the start below, which also names a truncated file as such
+  with _open(path) as container:
+    decoded, count = _read_sequential(container, wanted)
+  return decoded, DecodeStats(frames_decoded=count, seeks=0, sequential=True)
+
+
 def read_video(path: str | os.PathLike, max_frames: int = 64, *, training: bool = False) -> Clip:
   """Decodes the frames VidLaDA looks at.
 
   Evaluation (default): one frame per second, or `max_frames` at linspace(0, total - 1) when
   that would be more. Training: exactly `max_frames` at linspace (short clips repeat frames).
+  Far-apart frames are reached by seeking to the keyframe before them; the frames are the
+  same as a decode from the start would give (files that cannot seek are decoded that way).
   """
   path = Path(path)
   if max_frames < 1:
@@ -71,17 +181,11 @@ def read_video(path: str | os.PathLike, max_frames: int = 64, *, training: bool 
       raise VideoError(f'{path} holds no decodable frames')
     indices = (training_frame_indices(total, max_frames) if training
                else evaluation_frame_indices(total, fps, max_frames))
-    wanted = {int(i) for i in indices}
-    decoded: dict[int, np.ndarray] = {}
-    with _open(path) as container:
-      for i, frame in enumerate(container.decode(container.streams.video[0])):
-        if i in wanted:
-          decoded[i] = frame.to_ndarray(format='rgb24')
-        if i >= max(wanted):
-          break
+    wanted = sorted({int(i) for i in indices})
+    decoded, _ = _read_frames(path, wanted)
   except av.FFmpegError as e:
     raise VideoError(f'cannot decode video {path}: {e}') from e
-  missing = sorted(wanted - set(decoded))
+  missing = sorted(set(wanted) - set(decoded))
   if missing:
     raise VideoError(f'{path} ended before frame {missing[0]} (it claims {total} frames); '
                      'the file is truncated or corrupt')
