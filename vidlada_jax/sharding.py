@@ -132,7 +132,8 @@ def partition_spec(axes: Sequence[str | None], rules: Rules) -> PartitionSpec:
   return PartitionSpec(*spec)
 
 
-def _mesh_axis_size(mesh: Mesh, entry) -> int:
+def mesh_axis_size(mesh: Mesh, entry) -> int:
+  """How many devices a partition-spec entry (None, an axis name, or a tuple of them) spans."""
   if entry is None:
     return 1
   names = entry if isinstance(entry, tuple) else (entry,)
@@ -148,7 +149,7 @@ def param_shardings(state, mesh: Mesh, rules: Rules):
   def sharding_of(path, variable):
     spec = partition_spec(logical_axes(variable), rules)
     for dim, (size, entry) in enumerate(zip(variable.shape, spec)):
-      parts = _mesh_axis_size(mesh, entry)
+      parts = mesh_axis_size(mesh, entry)
       if size % parts:
         raise ValueError(
             f'parameter {path} {tuple(variable.shape)}: dimension {dim} (size {size}) does not '
@@ -175,7 +176,7 @@ def cache_shardings(cache, mesh: Mesh, rules: Rules):
 
   def sharding_of(array, axes):
     spec = partition_spec(axes, rules)
-    spec = [entry if size % _mesh_axis_size(mesh, entry) == 0 else None
+    spec = [entry if size % mesh_axis_size(mesh, entry) == 0 else None
             for size, entry in zip(array.shape, spec)]
     return NamedSharding(mesh, PartitionSpec(*spec))
 

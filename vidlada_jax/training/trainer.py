@@ -43,7 +43,7 @@ from vidlada_jax import sharding as sharding_lib
 from vidlada_jax.config import ModelConfig, Runtime, model_config
 from vidlada_jax.loading import from_pretrained, init_model
 from vidlada_jax.orbax_io import nest, flatten
-from vidlada_jax.params import abstract_model, flat_params
+from vidlada_jax.params import flat_params
 from vidlada_jax.training import data as data_lib
 from vidlada_jax.training.logs import MetricWriter
 from vidlada_jax.training.optimizer import (OptimizerConfig, check_prefixes, is_frozen,
@@ -144,9 +144,7 @@ class Trainer:
   # --- Building ---------------------------------------------------------------------------
 
   def _check_batch_divides(self) -> None:
-    batch_devices = math.prod(
-        sharding_lib._mesh_axis_size(self.mesh, entry)
-        for entry in [dict(self.rules).get('batch')])
+    batch_devices = sharding_lib.mesh_axis_size(self.mesh, dict(self.rules).get('batch'))
     micro = self.train_config.micro_batch
     if micro % batch_devices:
       raise ValueError(f'micro_batch {micro} does not divide over the {batch_devices} devices '
