@@ -1,0 +1,199 @@
+"""The procedural video-QA dataset: determinism, disjoint splits, answers that follow from the
+pixels (re-derived here independently of the renderer), export for the training pipeline, and
+no TensorFlow. Tiny splits (12/6/6, 16 frames of 64 px) keep it to a few seconds."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from vidlada_jax.fixtures import tiny_tokenizer
+from vidlada_jax.input_pipeline import annotations, chat, sources
+from vidlada_jax.input_pipeline import synthetic_qa as qa
+
+TINY = dict(name='tiny', train_size=12, validation_size=6, test_size=6, seed=3)
+SIZE = 64
+
+
+def text(value):
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_split(data_dir, split):
+  """Every example of a split as plain Python values, ordered by id (tfds shuffles the files)."""
+  source = qa.load_split(data_dir, split, config_name=TINY['name'])
+  examples = []
+  for index in range(len(source)):
+    stored = source[index]
+    example = {key: text(value) for key, value in stored.items()
+               if key not in ('video', 'options')}
+    example['options'] = [text(o) for o in stored['options']]
+    example['video'] = np.stack(stored['video']).astype(np.uint8)
+    examples.append(example)
+  return sorted(examples, key=lambda e: e['id'])
+
+
+@pytest.fixture(scope='module')
+def built(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp('synthetic_qa')
+  qa.build(data_dir, qa.SyntheticVideoQaConfig(**TINY))
+  return data_dir
+
+
+@pytest.fixture(scope='module')
+def splits(built):
+  return {split: read_split(built, split) for split in ('train', 'validation', 'test')}
+
+
+def test_no_tensorflow_is_imported(splits):
+  assert len(splits['train']) == 12
+  assert 'tensorflow' not in sys.modules
+
+
+def test_building_twice_gives_identical_examples(splits, tmp_path):
+  qa.build(tmp_path, qa.SyntheticVideoQaConfig(**TINY))
+  again = read_split(tmp_path, 'validation')
+  assert [e['id'] for e in again] == [e['id'] for e in splits['validation']]
+  for first, second in zip(splits['validation'], again):
+    np.testing.assert_array_equal(first['video'], second['video'])
+    assert {k: v for k, v in first.items() if k != 'video'} == \
+        {k: v for k, v in second.items() if k != 'video'}
+
+
+def test_splits_are_disjoint(splits):
+  seen = {}
+  for split, examples in splits.items():
+    for example in examples:
+      key = (example['video'].tobytes(), example['question'])
+      assert key not in seen, f'{example["id"]} ({split}) repeats {seen.get(key)}'
+      seen[key] = (split, example['id'])
+
+
+def test_every_type_appears_and_answers_match_options(splits):
+  train = splits['train']
+  assert {e['question_type'] for e in train} == set(qa.QUESTION_TYPES)
+  assert {e['format'] for e in train} == {'multiple_choice', 'free_form'}
+  for example in train + splits['validation'] + splits['test']:
+    assert len(example['options']) == 4 and len(set(example['options'])) == 4
+    assert example['answer'] in example['options']
+    assert example['options'][qa.LETTERS.index(example['answer_letter'])] == example['answer']
+    assert example['video'].shape == (16, SIZE, SIZE, 3)
+  # The answer's position is shuffled, not always first.
+  assert len({e['answer_letter'] for e in train}) > 1
+
+
+# Re-deriving answers from the pixels: exact colours (PNG is lossless), no renderer code.
+
+def colour_name(rgb):
+  return {tuple(v): k for k, v in qa.COLOURS.items()}.get(tuple(int(c) for c in rgb))
+
+
+def colours_in(frame):
+  found = {colour_name(rgb) for rgb in np.unique(frame.reshape(-1, 3), axis=0)}
+  return found - {None}
+
+
+def centre_x(frame, colour):
+  ys, xs = np.nonzero(np.all(frame == qa.COLOURS[colour], axis=-1))
+  return xs.mean()
+
+
+def frames_showing(video, colour):
+  return [t for t, frame in enumerate(video) if np.all(frame == qa.COLOURS[colour], axis=-1).any()]
+
+
+def examples_of(splits, question_type):
+  found = [e for examples in splits.values() for e in examples
+           if e['question_type'] == question_type]
+  assert found
+  return found
+
+
+def test_count_is_the_number_of_coloured_blobs(splits):
+  for example in examples_of(splits, 'count'):
+    for frame in (example['video'][0], example['video'][-1]):
+      assert str(len(colours_in(frame))) == example['answer']
+
+
+def test_ball_ends_nearest_the_answered_side(splits):
+  for example in examples_of(splits, 'ball_end'):
+    ys, xs = np.nonzero(np.all(example['video'][-1] == qa.BALL, axis=-1))
+    y, x = ys.mean(), xs.mean()
+    distances = {'left': x, 'right': SIZE - 1 - x, 'top': y, 'bottom': SIZE - 1 - y}
+    assert min(distances, key=distances.get) == example['answer']
+
+
+def test_the_square_that_moved_left_is_the_answer(splits):
+  for example in examples_of(splits, 'colour_moved_left'):
+    first, last = example['video'][0], example['video'][-1]
+    moved_left = [c for c in colours_in(first) if centre_x(last, c) < centre_x(first, c) - 4]
+    assert moved_left == [example['answer']]
+
+
+def test_the_colour_that_appeared_first_is_the_answer(splits):
+  for example in examples_of(splits, 'appeared_first'):
+    appearances = {c: frames_showing(example['video'], c)[0]
+                   for c in colours_in(example['video'][-1])}
+    assert min(appearances, key=appearances.get) == example['answer']
+    assert sorted(appearances.values()) == sorted(set(appearances.values()))  # no tie
+
+
+def test_middle_event_evidence_is_only_in_the_middle(splits):
+  for example in examples_of(splits, 'middle_event'):
+    num_frames = len(example['video'])
+    shown = frames_showing(example['video'], example['answer'])
+    assert shown
+    assert min(shown) >= num_frames // 4 and max(shown) < num_frames - num_frames // 4
+    # No other colour appears anywhere: the flash is the only evidence.
+    assert set().union(*(colours_in(f) for f in example['video'])) == {example['answer']}
+
+
+def test_end_event_evidence_is_only_in_the_last_quarter(splits):
+  for example in examples_of(splits, 'end_event'):
+    num_frames = len(example['video'])
+    shown = frames_showing(example['video'], example['answer'])
+    assert shown and min(shown) >= num_frames - num_frames // 4 and max(shown) == num_frames - 1
+
+
+def test_long_config_renders_longer_clips():
+  example = qa.make_example(0, 'train', 4, num_frames=32, size=SIZE)  # middle_event
+  assert example['video'].shape == (32, SIZE, SIZE, 3)
+  shown = frames_showing(example['video'], example['answer'])
+  assert 8 <= min(shown) and max(shown) < 24
+  assert [c.name for c in qa.SyntheticVideoQa.BUILDER_CONFIGS] == ['default', 'long']
+
+
+def test_exported_clips_load_into_training_examples(splits, tmp_path):
+  chosen = splits['validation']
+  mixture = qa.export_videos(chosen, tmp_path)
+  records = annotations.load_mixture(mixture)
+  assert [r.id for r in records] == [e['id'] for e in chosen]
+  stored = json.loads((tmp_path / 'annotations.json').read_text())
+  for record, example in zip(stored, chosen):
+    human, gpt = record['conversations']
+    assert human['value'].startswith('<image>\n' + example['question'])
+    if example['format'] == 'multiple_choice':
+      assert 'A. ' in human['value'] and human['value'].endswith(qa.OPTIONS_INSTRUCTION)
+      assert gpt['value'] == example['answer_letter']
+    else:
+      assert gpt['value'] == example['answer']
+  source = sources.VideoSource(records, tiny_tokenizer(), num_frames=8, image_size=32)
+  for index in range(len(source)):
+    example = source[index]
+    assert not sources.is_skipped(example)
+    assert example['frames'].shape[0] == 8
+    assert len(example['input_ids']) == len(example['labels'])
+    assert (np.asarray(example['labels']) != chat.IGNORE).any()
+
+
+def test_default_sizes_give_disjoint_splits():
+  # Without the redraws, about 36 clips (mostly one-square `count`) would repeat across splits.
+  sizes = qa.SyntheticVideoQaConfig(name='sizes').split_sizes
+  owners, total = {}, 0
+  for split in ('train', 'validation', 'test'):
+    for example in qa.split_examples(0, split, sizes, num_frames=16, size=SIZE):
+      owners.setdefault(qa.fingerprint(example), set()).add(split)
+      total += 1
+  assert total == 2000 + 200 + 200
+  assert all(len(splits_) == 1 for splits_ in owners.values())
