@@ -56,21 +56,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from absl import app, flags
-from flax import nnx
 from ml_collections import config_flags
 
 from vidlada_jax import checkpoint as checkpoint_lib
 from vidlada_jax import sharding as sharding_lib
-from vidlada_jax.config import Runtime, model_config
+from vidlada_jax.config import Runtime
 from vidlada_jax.nn.attention import resolve_auto
-from vidlada_jax.params import flat_params
-from vidlada_jax.training import data as data_lib
-from vidlada_jax.training.optimizer import (OptimizerConfig, check_prefixes, is_frozen,
-                                            make_optimizer)
-from vidlada_jax.training.train_step import (StepFunctions, TrainState, batch_shardings,
-                                             make_train_step, state_shardings)
-from vidlada_jax.training.trainer import TrainConfig, _section, _tuples
-from vidlada_jax.vidlada import VidLaDA
+from vidlada_jax.training.optimizer import OptimizerConfig
+from vidlada_jax.training.train_step import batch_shardings
+from vidlada_jax.training.trainer import (TrainConfig, _section, _tuples, architecture_of,
+                                          check_batch_divides, plan_step)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'job config file (configs/*.py)',
@@ -161,60 +156,33 @@ def compile_plan(config, mesh, rules, *, platform: str, dtype: str,
                                 vision_attention=resolved(runtime.vision_attention, 'vision'))
   model_config = architecture(config).replace(runtime=runtime)
 
-  abstract_model = nnx.eval_shape(lambda: VidLaDA(model_config, rngs=nnx.Rngs(0)))
-  graphdef, abstract_state = nnx.split(abstract_model)
-  values = {p: v.get_value() for p, v in flat_params(abstract_state).items()}
-  check_prefixes(optimizer, values)
-  trainable = [p for p in values if not is_frozen(optimizer, p)]
-  frozen = [p for p in values if is_frozen(optimizer, p)]
-  tx, schedule = make_optimizer(optimizer, trainable, train.total_steps)
-  functions = StepFunctions(graphdef, abstract_state, tx, schedule, loss_chunk=train.loss_chunk)
-  shardings = sharding_lib.target_shardings(abstract_state, mesh, rules)
-  abstract_params = {p: jax.ShapeDtypeStruct(values[p].shape, values[p].dtype)
-                     for p in trainable}
-  param_shardings = {p: shardings[p] for p in trainable}
-  frozen_shardings = {p: shardings[p] for p in frozen}
-  train_shardings = state_shardings(functions, abstract_params, param_shardings, mesh)
-  keys = data_lib.batch_keys(model_config)
-  step = make_train_step(functions, mesh, rules, train_shardings, frozen_shardings, keys)
-
-  placed = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-  state = TrainState(
-      params={p: placed(abstract_params[p], param_shardings[p]) for p in trainable},
-      opt_state=jax.tree.map(placed, jax.eval_shape(tx.init, abstract_params),
-                             train_shardings.opt_state),
-      step=jax.ShapeDtypeStruct((), jnp.int32, sharding=train_shardings.step),
-      rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=train_shardings.rng))
-  frozen_args = {p: placed(values[p], frozen_shardings[p]) for p in frozen}
+  check_batch_divides(train, mesh, rules)
+  step_plan = plan_step(model_config, optimizer, train, mesh, rules)
+  state, frozen_args = step_plan.abstract_state(), step_plan.abstract_frozen()
 
   data = _section(config, 'data')
   length = text_length or max(data['buckets'])
   frames, side = int(data['num_frames']), model_config.vision.image_size
   lead = (train.accumulation, train.micro_batch)
-  batch_devices = math.prod(
-      mesh.shape[axis] for axis in _mesh_axes(dict(rules).get('batch')))
-  if train.micro_batch % batch_devices:
-    raise ValueError(f'micro_batch {train.micro_batch} does not divide over the {batch_devices} '
-                     'devices that split the batch: set --config.train.micro_batch (or the '
-                     'config\'s micro= knob)')
+  batch_devices = sharding_lib.mesh_axis_size(mesh, dict(rules).get('batch'))
   batch_shapes = {'input_ids': (lead + (length,), jnp.int32),
                   'labels': (lead + (length,), jnp.int32),
                   'frames': (lead + (frames, side, side, 3), jnp.uint8)}
-  batch_sharding = batch_shardings(mesh, rules, keys)
-  batch = {k: jax.ShapeDtypeStruct(*batch_shapes[k], sharding=batch_sharding[k]) for k in keys}
+  batch = {k: jax.ShapeDtypeStruct(*batch_shapes[k], sharding=sharding)
+           for k, sharding in batch_shardings(mesh, rules).items()}
 
-  count = lambda paths: sum(math.prod(values[p].shape) for p in paths)
+  count = lambda params: sum(math.prod(x.shape) for x in params.values())
   plan = dict(
       dtype=dtype, param_dtype=runtime.param_dtype, remat=runtime.remat,
       attention=runtime.attention, vision_attention=runtime.vision_attention,
-      trainable_params=count(trainable), frozen_params=count(frozen),
+      trainable_params=count(step_plan.trainable), frozen_params=count(step_plan.frozen),
       global_batch=train.global_batch, micro_batch=train.micro_batch,
       accumulation=train.accumulation, per_device_micro_batch=train.micro_batch // batch_devices,
       text_length=length, frames=frames,
       sequence_length=length - 1 + frames * model_config.tokens_per_frame)
 
   with jax.set_mesh(mesh):
-    lowered = step.jitted.lower(state, frozen_args, batch)
+    lowered = step_plan.step_fn.jitted.lower(state, frozen_args, batch)
   try:
     compiled = lowered.compile()
   except jax.errors.JaxRuntimeError as e:
@@ -257,22 +225,10 @@ def architecture(config):
   `model.init_checkpoint` (a vidlada-jax checkpoint or work directory)."""
   section = config.model
   if section.get('architecture'):
-    result = model_config(section.architecture)
-    overrides = dict(section.get('overrides') or {})
-    for part in ('lm', 'vision'):
-      if overrides.get(part):
-        result = result.replace(**{part: dataclasses.replace(getattr(result, part),
-                                                             **overrides.pop(part))})
-    return result.replace(**overrides)
+    return architecture_of(_section(config, 'model'))
   if section.get('init_checkpoint'):
     return checkpoint_lib.read_manifest(section.init_checkpoint).model
   raise app.UsageError('config.model names neither an architecture nor an init_checkpoint')
-
-
-def _mesh_axes(entry) -> tuple[str, ...]:
-  if entry is None:
-    return ()
-  return entry if isinstance(entry, tuple) else (entry,)
 
 
 # --- Meshes and targets -----------------------------------------------------------------------

@@ -32,10 +32,6 @@ from vidlada_jax.training.train_step import batch_shardings
 SOURCES = ('mixture', 'array_record', 'synthetic')
 
 
-def batch_keys(config: ModelConfig) -> tuple[str, ...]:
-  return ('input_ids', 'labels', 'frames')
-
-
 def load_tokenizer(data: dict[str, Any], workdir: Path):
   """A resumed run keeps the tokenizer it started with (saved in its work directory)."""
   saved = Path(workdir) / 'tokenizer.json'
@@ -111,11 +107,10 @@ def device_batch(host: dict[str, np.ndarray], mesh: Mesh, rules, train, *,
   """This host's rows of a global batch -> global arrays [accumulation, micro_batch, ...],
   each process placing only its own rows."""
   accumulation = train.accumulation
-  keys = ('input_ids', 'labels', 'frames')
-  shardings = batch_shardings(mesh, rules, keys)
+  shardings = batch_shardings(mesh, rules)
   host = common_text_length(host, pad_id)
   out = {}
-  for key in keys:
+  for key in shardings:
     local = np.asarray(host[key])
     if local.shape[0] % accumulation:
       raise ValueError(f'{local.shape[0]} rows per host do not split into {accumulation} '

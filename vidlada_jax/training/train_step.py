@@ -91,10 +91,10 @@ def train_step(functions: StepFunctions, state: TrainState, frozen: dict[str, ja
   return TrainState(params=params, opt_state=opt_state, step=state.step + 1, rng=state.rng), metrics
 
 
-def batch_shardings(mesh: Mesh, rules, keys) -> dict[str, NamedSharding]:
+def batch_shardings(mesh: Mesh, rules) -> dict[str, NamedSharding]:
   """[accumulation, batch, ...] arrays: the micro-batch dimension over the `batch` rule."""
-  return {k: NamedSharding(mesh, PartitionSpec(None, *sharding_lib.partition_spec(
-      BATCH_AXES[k], rules))) for k in keys}
+  return {k: NamedSharding(mesh, PartitionSpec(None, *sharding_lib.partition_spec(axes, rules)))
+          for k, axes in BATCH_AXES.items()}
 
 
 def state_shardings(functions: StepFunctions, abstract_params: dict, param_shardings: dict,
@@ -112,7 +112,7 @@ def state_shardings(functions: StepFunctions, abstract_params: dict, param_shard
 
 
 def make_train_step(functions: StepFunctions, mesh: Mesh, rules, shardings: TrainState,
-                    frozen_shardings: dict, batch_keys) -> Callable:
+                    frozen_shardings: dict) -> Callable:
   """`train_step` jitted for `mesh`: explicit shardings, the state donated, activations
   constrained by the logical rules (flax's `logical_axis_rules`)."""
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -124,7 +124,7 @@ def make_train_step(functions: StepFunctions, mesh: Mesh, rules, shardings: Trai
 
   jitted = jax.jit(
       step,
-      in_shardings=(shardings, frozen_shardings, batch_shardings(mesh, rules, batch_keys)),
+      in_shardings=(shardings, frozen_shardings, batch_shardings(mesh, rules)),
       out_shardings=(shardings, {k: replicated for k in metric_names}),
       donate_argnums=(0,))
 

@@ -28,7 +28,7 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -43,13 +43,14 @@ from vidlada_jax import sharding as sharding_lib
 from vidlada_jax.config import ModelConfig, Runtime, model_config
 from vidlada_jax.loading import from_pretrained, init_model
 from vidlada_jax.orbax_io import nest, flatten
-from vidlada_jax.params import flat_params
+from vidlada_jax.params import abstract_model, flat_params
 from vidlada_jax.training import data as data_lib
 from vidlada_jax.training.logs import MetricWriter
 from vidlada_jax.training.optimizer import (OptimizerConfig, check_prefixes, is_frozen,
                                             make_optimizer)
 from vidlada_jax.training.train_step import (StepFunctions, TrainState, make_train_step,
                                              state_shardings)
+from vidlada_jax.vidlada import VidLaDA
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,76 @@ def _tuples(d: dict[str, Any]) -> dict[str, Any]:
           else v for k, v in d.items()}
 
 
+def architecture_of(model_section: dict[str, Any]) -> ModelConfig:
+  """`model.architecture` (a named one) with `model.overrides` applied: `lm` and `vision`
+  hold fields of those parts, other keys fields of the whole `ModelConfig`."""
+  overrides = dict(model_section.get('overrides') or {})
+  config = model_config(model_section['architecture'])
+  for part in ('lm', 'vision'):
+    if overrides.get(part):
+      config = config.replace(**{part: dataclasses.replace(getattr(config, part),
+                                                           **overrides.pop(part))})
+  return config.replace(**overrides)
+
+
+def check_batch_divides(train: TrainConfig, mesh, rules) -> None:
+  batch_devices = sharding_lib.mesh_axis_size(mesh, dict(rules).get('batch'))
+  if train.micro_batch % batch_devices:
+    raise ValueError(f'micro_batch {train.micro_batch} does not divide over the {batch_devices} '
+                     'devices the batch is split across (mesh axes of the `batch` rule): set '
+                     'config.train.micro_batch')
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+  """A model's train step for one optimizer and mesh, and the shapes and shardings it takes."""
+
+  functions: StepFunctions
+  trainable: dict[str, jax.ShapeDtypeStruct]  # by path, unsharded
+  frozen: dict[str, jax.ShapeDtypeStruct]
+  param_shardings: dict[str, jax.sharding.Sharding]
+  frozen_shardings: dict[str, jax.sharding.Sharding]
+  state_shardings: TrainState
+  step_fn: Callable
+
+  def abstract_state(self) -> TrainState:
+    """The train state as sharded ShapeDtypeStructs (restoring, compiling ahead of time)."""
+    placed = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+    shardings = self.state_shardings
+    return TrainState(
+        params={p: placed(x, self.param_shardings[p]) for p, x in self.trainable.items()},
+        opt_state=jax.tree.map(placed, jax.eval_shape(self.functions.tx.init, self.trainable),
+                               shardings.opt_state),
+        step=jax.ShapeDtypeStruct((), jnp.int32, sharding=shardings.step),
+        rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=shardings.rng))
+
+  def abstract_frozen(self) -> dict[str, jax.ShapeDtypeStruct]:
+    return {p: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.frozen_shardings[p])
+            for p, x in self.frozen.items()}
+
+
+def plan_step(config: ModelConfig, optimizer: OptimizerConfig, train: TrainConfig, mesh,
+              rules) -> StepPlan:
+  """The jitted train step of a model of `config` (nothing allocated): which parameters train,
+  the optimizer over them, and every sharding. The trainer and `launch.memory_plan` share it."""
+  graphdef, abstract_state = abstract_model(config)
+  shapes = {path: v.get_value() for path, v in flat_params(abstract_state).items()}
+  check_prefixes(optimizer, shapes)
+  trainable = {p: x for p, x in shapes.items() if not is_frozen(optimizer, p)}
+  frozen = {p: x for p, x in shapes.items() if is_frozen(optimizer, p)}
+  if not trainable:
+    raise ValueError('every parameter is frozen: nothing to train')
+  tx, schedule = make_optimizer(optimizer, trainable, train.total_steps)
+  functions = StepFunctions(graphdef, abstract_state, tx, schedule, loss_chunk=train.loss_chunk)
+  shardings = sharding_lib.target_shardings(abstract_state, mesh, rules)
+  param_shardings = {p: shardings[p] for p in trainable}
+  frozen_shardings = {p: shardings[p] for p in frozen}
+  train_shardings = state_shardings(functions, trainable, param_shardings, mesh)
+  step_fn = make_train_step(functions, mesh, rules, train_shardings, frozen_shardings)
+  return StepPlan(functions, trainable, frozen, param_shardings, frozen_shardings,
+                  train_shardings, step_fn)
+
+
 class Trainer:
 
   def __init__(self, config, workdir: str | Path, *, progress: bool = True):
@@ -112,7 +183,10 @@ class Trainer:
     rules = mesh_config.get('rules', 'fsdp')
     self.rules = sharding_lib.RULE_SETS[rules] if isinstance(rules, str) else tuple(rules)
     self.mesh = sharding_lib.make_mesh(mesh_config.get('shape', dict(fsdp=-1)))
-    self._check_batch_divides()
+    check_batch_divides(self.train_config, self.mesh, self.rules)
+    if self.train_config.global_batch % jax.process_count():
+      raise ValueError(f'global_batch {self.train_config.global_batch} does not divide over '
+                       f'{jax.process_count()} processes')
 
     if self.primary:
       self.workdir.mkdir(parents=True, exist_ok=True)
@@ -143,16 +217,6 @@ class Trainer:
 
   # --- Building ---------------------------------------------------------------------------
 
-  def _check_batch_divides(self) -> None:
-    batch_devices = sharding_lib.mesh_axis_size(self.mesh, dict(self.rules).get('batch'))
-    micro = self.train_config.micro_batch
-    if micro % batch_devices:
-      raise ValueError(f'micro_batch {micro} does not divide over the {batch_devices} devices '
-                       'the batch is split across (mesh axes of the `batch` rule)')
-    if self.train_config.global_batch % jax.process_count():
-      raise ValueError(f'global_batch {self.train_config.global_batch} does not divide over '
-                       f'{jax.process_count()} processes')
-
   def _build_model(self, resume_from):
     """The model to train: restored shapes only when resuming (the weights come from the
     checkpoint), else initialised or loaded as `model.init_checkpoint` says."""
@@ -160,58 +224,33 @@ class Trainer:
     if resume_from is not None:
       manifest = checkpoint_lib.read_manifest(resume_from.path)
       config = manifest.model.replace(runtime=self.runtime)
-      return nnx.eval_shape(lambda: _VidLaDA(config))
+      return nnx.eval_shape(lambda: VidLaDA(config, rngs=nnx.Rngs(0)))
     init = model_section.get('init_checkpoint')
     if init:
       log.info('initialising from %s', init)
       return from_pretrained(init, mesh=self.mesh, rules=self.rules, runtime=self.runtime,
                              progress=self.progress)
-    name = model_section.get('architecture')
-    if not name:
+    if not model_section.get('architecture'):
       raise ValueError('config.model needs `architecture` (a named architecture) or '
                        '`init_checkpoint` (a checkpoint to start from)')
-    overrides = dict(model_section.get('overrides') or {})
-    config = model_config(name).replace(runtime=self.runtime)
-    for part in ('lm', 'vision'):
-      if overrides.get(part):
-        config = config.replace(**{part: dataclasses.replace(getattr(config, part),
-                                                             **overrides.pop(part))})
-    config = config.replace(**overrides)
+    config = architecture_of(model_section).replace(runtime=self.runtime)
     return init_model(config, seed=model_section.get('seed', 0), mesh=self.mesh,
                       rules=self.rules)
 
   def _setup_step(self, model) -> None:
-    graphdef, state = nnx.split(model)
-    values = {path: v.get_value() for path, v in flat_params(state).items()}
-    check_prefixes(self.optimizer_config, values)
-    self.trainable_paths = [p for p in values if not is_frozen(self.optimizer_config, p)]
-    frozen_paths = [p for p in values if is_frozen(self.optimizer_config, p)]
-    if not self.trainable_paths:
-      raise ValueError('every parameter is frozen: nothing to train')
-    _, abstract_state = nnx.split(nnx.eval_shape(lambda: _VidLaDA(model.config)))
-    tx, schedule = make_optimizer(self.optimizer_config, self.trainable_paths,
-                                  self.train_config.total_steps)
-    self.functions = StepFunctions(graphdef, abstract_state, tx, schedule,
-                                   loss_chunk=self.train_config.loss_chunk)
-    shardings = sharding_lib.target_shardings(state, self.mesh, self.rules)
-    self.param_shardings = {p: shardings[p] for p in self.trainable_paths}
-    self.frozen_shardings = {p: shardings[p] for p in frozen_paths}
-    abstract = {p: jax.ShapeDtypeStruct(values[p].shape, values[p].dtype)
-                for p in self.trainable_paths}
-    self.abstract_params = abstract
-    self.state_shardings = state_shardings(self.functions, abstract, self.param_shardings,
-                                           self.mesh)
-    self.step_fn = make_train_step(self.functions, self.mesh, self.rules, self.state_shardings,
-                                   self.frozen_shardings, data_lib.batch_keys(model.config))
+    self.plan = plan_step(model.config, self.optimizer_config, self.train_config, self.mesh,
+                          self.rules)
+    self.step_fn = self.plan.step_fn
     # Concrete weights (a fresh or loaded model); abstract when resuming.
+    values = {path: v.get_value() for path, v in flat_params(nnx.state(model)).items()}
     self._initial_values = values
-    self.frozen = {p: values[p] for p in frozen_paths}
+    self.frozen = {p: values[p] for p in self.plan.frozen}
 
   def _initial_state(self) -> TrainState:
-    params = {p: self._initial_values[p] for p in self.trainable_paths}
-    opt_state = jax.jit(self.functions.tx.init,
-                        out_shardings=self.state_shardings.opt_state)(params)
-    replicated = self.state_shardings.step
+    params = {p: self._initial_values[p] for p in self.plan.trainable}
+    opt_state = jax.jit(self.plan.functions.tx.init,
+                        out_shardings=self.plan.state_shardings.opt_state)(params)
+    replicated = self.plan.state_shardings.step
     step = jax.device_put(jnp.int32(0), replicated)
     rng = jax.device_put(jax.random.PRNGKey(self.train_config.seed), replicated)
     self._initial_values = None
@@ -219,22 +258,11 @@ class Trainer:
 
   # --- Checkpoints -----------------------------------------------------------------------
 
-  def _abstract_state(self) -> TrainState:
-    as_struct = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-    abstract_opt = jax.eval_shape(self.functions.tx.init, self.abstract_params)
-    return TrainState(
-        params={p: as_struct(x, self.param_shardings[p]) for p, x in self.abstract_params.items()},
-        opt_state=jax.tree.map(as_struct, abstract_opt, self.state_shardings.opt_state),
-        step=jax.ShapeDtypeStruct((), jnp.int32, sharding=self.state_shardings.step),
-        rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=self.state_shardings.rng))
-
   def _restore(self, step: int) -> None:
     """Parameters, optimizer state, step, RNG and the data position of checkpoint `step`,
     each array read straight into this run's shardings."""
-    abstract = self._abstract_state()
-    frozen_abstract = {p: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.frozen_shardings[p])
-                       for p, x in self.frozen.items()}
-    params = nest({**abstract.params, **frozen_abstract})
+    abstract = self.plan.abstract_state()
+    params = nest({**abstract.params, **self.plan.abstract_frozen()})
     train_state = dict(opt_state=abstract.opt_state, step=abstract.step, rng=abstract.rng)
     restored = self.checkpointer.load_checkpointables(step, {
         'state': {checkpoint_lib.PARAMS: params},
@@ -244,7 +272,7 @@ class Trainer:
     values = flatten(restored['state'][checkpoint_lib.PARAMS])
     train_state = restored['train_state']
     self.frozen = {p: values[p] for p in self.frozen}
-    self.state = TrainState(params={p: values[p] for p in self.trainable_paths},
+    self.state = TrainState(params={p: values[p] for p in self.plan.trainable},
                             opt_state=train_state['opt_state'], step=train_state['step'],
                             rng=train_state['rng'])
     self._initial_values = None
@@ -333,12 +361,6 @@ class Trainer:
 
   def close(self) -> None:
     self.checkpointer.close()
-
-
-def _VidLaDA(config: ModelConfig):
-  from vidlada_jax.vidlada import VidLaDA
-
-  return VidLaDA(config, rngs=nnx.Rngs(0))
 
 
 class _PreemptionFlag:
