@@ -3,7 +3,8 @@
     python -m launch.sample --checkpoint DIR --video FILE --question TEXT [--frames 64]
         [--gen-length 128 --steps 128 --block-length 128] [--temperature 0]
         [--remasking low_confidence|random] [--cfg-scale 0] [--threshold T]
-        [--cache none|mars|mars-exact|dual] [--batch-file JSONL [--batch-size 8]] [--json]
+        [--cache none|mars|mars-exact|mars-refresh|mars-chunk|mars-anchors|dual]
+        [--batch-file JSONL [--batch-size 8]] [--json]
 
 DIR is a PyTorch (LLaDA-V/VidLaDA) or vidlada-jax checkpoint directory holding tokenizer.json.
 Frames are sampled as the reference evaluates: one per second, or --frames evenly spread when
@@ -15,7 +16,9 @@ An item whose video cannot be read (missing, corrupt) or whose prompt does not f
 with an "error" field naming the problem and the others are answered; the exit status is then 1.
 Frames are resized to the checkpoint's tower resolution.
 --cache picks the cache policy: none (plain decoding, the reference), mars (MARS-Cache with its
-measured defaults), mars-exact (MARS-Cache with every mechanism off) or dual (Fast-dLLM).
+measured defaults), mars-exact (MARS-Cache with every mechanism off), one mechanism alone
+(mars-refresh: asynchronous refresh; mars-chunk: frame-wise chunk attention; mars-anchors: chunk
+attention with anchors) or dual (Fast-dLLM).
 """
 
 from __future__ import annotations
@@ -93,10 +96,15 @@ def describe_layout(prompt: np.ndarray, num_frames: int, tokens_per_frame: int,
                    for kind, start, stop, what in rows)
 
 
+_EVERY_STEP = dict(pyramid=(1, 1), visual_ratio=1)
 CACHE_POLICIES = {
     'none': vj.FullRecompute(),
     'mars': vj.MarsCacheConfig(),
     'mars-exact': vj.MarsCacheConfig.exact(),
+    # Each MARS-Cache mechanism alone, for measuring what each costs and saves:
+    'mars-refresh': vj.MarsCacheConfig(chunk_window=None, num_anchors=0),
+    'mars-chunk': vj.MarsCacheConfig(**_EVERY_STEP, num_anchors=0),
+    'mars-anchors': vj.MarsCacheConfig(**_EVERY_STEP),  # chunk attention + anchors
     'dual': vj.DualCache(),
 }
 
@@ -119,6 +127,9 @@ class Sampler:
     start = time.perf_counter()
     self.model = vj.from_pretrained(checkpoint, dtype=dtype, progress=False)
     self.load_seconds = time.perf_counter() - start
+    # The checkpoint's own special ids: the demo model's small vocabulary moves them.
+    tokens = self.model.config.tokens
+    self.settings = dataclasses.replace(settings, tokens=tokens, stop_ids=(tokens.eot,))
     if self.model.vision_tower is None or self.model.lm is None:
       raise ValueError(f'{checkpoint} is not a combined VidLaDA checkpoint (it lacks '
                        f'{"a vision tower" if self.model.vision_tower is None else "an LM"})')

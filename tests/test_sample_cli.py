@@ -6,7 +6,7 @@ import pytest
 
 import vidlada_jax as vj
 from launch import sample
-from launch.demo import moving_square_clip
+from vidlada_jax.input_pipeline.synthetic import synthetic_clip
 from vidlada_jax.fixtures import tiny_tokenizer
 from vidlada_jax.video import write_video
 
@@ -18,8 +18,9 @@ def files(tmp_path_factory):
   root = tmp_path_factory.mktemp('sample')
   checkpoint = vj.save_checkpoint(vj.init_model(vj.model_config('tiny'), seed=3), root / 'ckpt',
                                   tokenizer=tiny_tokenizer())
-  long_clip = write_video(root / 'long.mp4', moving_square_clip(24), fps=4)  # 6 s -> 6 frames
-  short_clip = write_video(root / 'short.mp4', moving_square_clip(12), fps=4)  # 3 s -> 3 frames
+  # At 4 fps, 6 s and 3 s: evaluation sampling reads one frame a second, 6 and 3 frames.
+  long_clip = write_video(root / 'long.mp4', synthetic_clip('red', 'right', 24), fps=4)
+  short_clip = write_video(root / 'short.mp4', synthetic_clip('red', 'right', 12), fps=4)
   return root, checkpoint, long_clip, short_clip
 
 

@@ -267,6 +267,43 @@ TINY_VISION = VisionConfig(
     layer_norm_eps=1e-6,
 )
 
+# The demo model (`configs/demo.py`, trained on synthetic_video_qa; shipped in assets/): small
+# enough to train on a laptop CPU in minutes and to keep in the repository. Its tokenizer
+# (`fixtures.demo_tokenizer`) is a ~1k byte-level BPE with the 269 LLaDA special tokens moved from
+# 126080.. to 1024.., so the vocabulary (and with it the checkpoint) stays small; the ids travel
+# with the checkpoint in `ModelConfig.tokens`.
+LLADA_SPECIAL_START = 126080  # the first LLaDA special token id (<|startoftext|>)
+DEMO_SPECIAL_START = 1024
+
+
+def _demo_id(llada_id: int) -> int:
+  return llada_id - LLADA_SPECIAL_START + DEMO_SPECIAL_START
+
+
+DEMO_TOKENS = TokenIds(**{name: _demo_id(getattr(TokenIds(), name))
+                          for name in ('bos', 'eos', 'mask', 'start_header', 'end_header', 'eot')})
+DEMO_LM = LMConfig(
+    vocab_size=DEMO_SPECIAL_START + 272,  # 269 special tokens, rounded up to a multiple of 8
+    hidden_size=128,
+    num_layers=4,
+    num_heads=2,  # head dim 64: on CPUs the score matrices, not the matmuls, bound a step
+    num_kv_heads=2,
+    intermediate_size=384,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-5,
+)
+# 64-px frames in 16-px patches (one cell of the task's 4x4 grid each): 4x4 -> 2x2 pooled, 6
+# visual tokens per frame.
+DEMO_VISION = VisionConfig(
+    hidden_size=64,
+    intermediate_size=256,
+    num_layers=2,
+    num_heads=2,
+    image_size=64,
+    patch_size=16,
+    layer_norm_eps=1e-6,
+)
+
 ARCHITECTURES = {
     # VidLaDA-8B: 8,434,837,024 parameters (tests/test_config.py).
     '8b': ModelConfig(lm=LLADA_8B, vision=SIGLIP2_SO400M),
@@ -274,6 +311,7 @@ ARCHITECTURES = {
     'siglip2-so400m': ModelConfig(lm=None, vision=SIGLIP2_SO400M),
     'tiny': ModelConfig(lm=TINY_LM, vision=TINY_VISION),
     'tiny-lm': ModelConfig(lm=TINY_LM, vision=None),
+    'demo': ModelConfig(lm=DEMO_LM, vision=DEMO_VISION, tokens=DEMO_TOKENS),
 }
 
 

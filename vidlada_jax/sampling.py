@@ -390,7 +390,7 @@ def generate(
     remasking: str = 'low_confidence',
     cfg_scale: float = 0.0,
     rng: jax.Array | None = None,
-    stop_ids: Sequence[int] | None = (TokenIds().eot,),
+    stop_ids: Sequence[int] | str | None = 'eot',
     cache: CachePolicy | None = None,
     threshold: float | None = None,
     trace: bool = False,
@@ -409,7 +409,8 @@ def generate(
     cfg_scale: classifier-free guidance; > 0 adds an unconditional pass (prompt fully masked).
     rng: a PRNG key, or one key per row ([B] keys); needed when temperature > 0 or
       remasking == "random". Row b uses its own key, so rows are independent of each other.
-    stop_ids: tokens that end the answer (default `<|eot_id|>`); None or () for none.
+    stop_ids: tokens that end the answer: by default ('eot') the model's `<|eot_id|>`
+      (`model.config.tokens.eot`); None or () for none.
     cache: the cache policy: `FullRecompute()` (the default: every step recomputes every layer
       over the whole sequence, as the reference does), `MarsCacheConfig()` (MARS-Cache: see
       `vidlada_jax.mars`; `MarsCacheConfig.exact()` turns every mechanism off) or `DualCache()`
@@ -427,7 +428,9 @@ def generate(
     raise ValueError('generate needs a language model; this model has none')
   config = SamplerConfig(gen_length=gen_length, steps=steps, block_length=block_length,
                          temperature=float(temperature), remasking=remasking,
-                         cfg_scale=float(cfg_scale), stop_ids=tuple(stop_ids or ()),
+                         cfg_scale=float(cfg_scale),
+                         stop_ids=((model.config.tokens.eot,) if stop_ids == 'eot'
+                                   else tuple(stop_ids or ())),
                          threshold=None if threshold is None else float(threshold),
                          tokens=model.config.tokens)
   ids, valid = pad_prompts(input_ids, model.config.tokens.eos)

@@ -8,6 +8,8 @@
   pipeline      the grain pipeline (`make_pipeline`): per-host shard, shuffle, worker processes,
                 bucketed batches, checkpointable iterator state
   synthetic     small moving-square clips for tests and the tiny config (`write_synthetic_dataset`)
+  synthetic_qa  the procedural video-QA task `synthetic_video_qa` (a tfds builder; `export_split`
+                writes a split as mp4s for training)
 
 Names are imported on first use, so `from vidlada_jax.input_pipeline.chat import ...` (the
 inference CLI) does not import grain or tensorflow-datasets.
@@ -21,12 +23,14 @@ _EXPORTS = {
     'load_mixture': 'annotations',
     'sample_records': 'annotations',
     'IGNORE': 'chat',
+    'PromptFormat': 'chat',
     'SYSTEM_PROMPT': 'chat',
     'collate': 'chat',
     'render_chat': 'chat',
     'sft_example': 'chat',
     'time_instruction': 'chat',
     'video_question': 'chat',
+    'with_no_think': 'chat',
     'with_time_instruction': 'chat',
     'ArrayRecordSource': 'sources',
     'VideoSource': 'sources',

@@ -7,6 +7,7 @@ into its first human turn; `collate` pads a batch with EOS.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -20,6 +21,25 @@ SYSTEM_PROMPT = (
     'You are a helpful language and vision assistant. You are able to understand the visual '
     'content that the user provides, and assist the user with a variety of tasks using natural '
     'language.')
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptFormat:
+  """How a training conversation becomes a prompt: by default as the reference trains (SPEC 3).
+
+  system: the system prompt prepended to conversations that have none.
+  time_instruction: put the video's duration and frame times into the first human turn, as the
+    reference trains (`with_time_instruction`; inference adds them only on request).
+  no_think: end the first human turn with "/no_think", as inference prompts do by default
+    (`video_question(no_think=True)`), so a model trained this way sees at inference exactly
+    the prompts it was trained on.
+  tokens: the special token ids of the model being trained (they label the prompt's specials).
+  """
+
+  system: str = SYSTEM_PROMPT
+  time_instruction: bool = True
+  no_think: bool = False
+  tokens: TokenIds = TokenIds()
 
 
 def render_chat(messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
@@ -118,4 +138,16 @@ def with_time_instruction(conversation: Sequence[dict], time_info: str) -> list[
     raise ValueError('the conversation has no human turn to put the time instruction in')
   key = 'value' if 'value' in first else 'content'
   first[key] = f'{IMAGE_TOKEN}\n{time_info}\n{first[key].replace(IMAGE_TOKEN, "")}'
+  return conversation
+
+
+def with_no_think(conversation: Sequence[dict]) -> list[dict]:
+  """The conversation with "/no_think" ending its first human turn, as `video_question` ends an
+  inference prompt. The input is not modified."""
+  conversation = [dict(message) for message in conversation]
+  first = next((m for m in conversation if m.get('from', m.get('role')) in ('human', 'user')), None)
+  if first is None:
+    raise ValueError('the conversation has no human turn to end with /no_think')
+  key = 'value' if 'value' in first else 'content'
+  first[key] = first[key].strip() + NO_THINK
   return conversation

@@ -27,8 +27,8 @@ from PIL import Image
 from tokenizers import Tokenizer
 
 from vidlada_jax.input_pipeline.annotations import VideoRecord
-from vidlada_jax.input_pipeline.chat import (SYSTEM_PROMPT, sft_example, time_instruction,
-                                             with_time_instruction)
+from vidlada_jax.input_pipeline.chat import (PromptFormat, sft_example, time_instruction,
+                                             with_no_think, with_time_instruction)
 from vidlada_jax.preprocess import resize_frames
 from vidlada_jax.video import Clip, read_video
 
@@ -49,32 +49,37 @@ def skip_marker(record_id: str, reason: str) -> Example:
 
 
 def make_example(record: VideoRecord, tokenizer: Tokenizer, *, num_frames: int, image_size: int,
-                 system: str = SYSTEM_PROMPT) -> Example:
+                 prompt: PromptFormat = PromptFormat()) -> Example:
   """The training example of one record: its frames decoded and resized, its conversation
-  (with the time instruction, as the reference trains) tokenized and labelled.
+  (by default with the time instruction, as the reference trains) tokenized and labelled.
 
   Raises what reading the video raises (see `example_or_skip`).
   """
   return _example(record, read_video(record.video_path, num_frames, training=True), tokenizer,
-                  image_size=image_size, system=system)
+                  image_size=image_size, prompt=prompt)
 
 
 def example_or_skip(record: VideoRecord, tokenizer: Tokenizer, *, num_frames: int,
-                    image_size: int, system: str = SYSTEM_PROMPT) -> Example:
+                    image_size: int, prompt: PromptFormat = PromptFormat()) -> Example:
   """`make_example`, or a skip marker naming the video and the error if it cannot be read."""
   try:
     clip = read_video(record.video_path, num_frames, training=True)
   except _BAD_VIDEO_ERRORS as e:
     return skip_marker(record.id, f'video {record.video_path} of record {record.id!r}: '
                                   f'{type(e).__name__}: {e}')
-  return _example(record, clip, tokenizer, image_size=image_size, system=system)
+  return _example(record, clip, tokenizer, image_size=image_size, prompt=prompt)
 
 
 def _example(record: VideoRecord, clip: Clip, tokenizer: Tokenizer, *, image_size: int,
-             system: str) -> Example:
-  timed = with_time_instruction(record.conversations,
-                                time_instruction(clip.duration_s, clip.times_s))
-  input_ids, labels = sft_example(tokenizer, timed, system=system)
+             prompt: PromptFormat) -> Example:
+  conversation = record.conversations
+  if prompt.time_instruction:
+    conversation = with_time_instruction(conversation,
+                                         time_instruction(clip.duration_s, clip.times_s))
+  if prompt.no_think:
+    conversation = with_no_think(conversation)
+  input_ids, labels = sft_example(tokenizer, conversation, system=prompt.system,
+                                  tokens=prompt.tokens)
   return {'input_ids': input_ids, 'labels': labels,
           'frames': resize_frames(clip.frames, image_size), 'id': record.id}
 
@@ -87,7 +92,7 @@ class VideoSource:
   """
 
   def __init__(self, records: Sequence[VideoRecord], tokenizer: Tokenizer, *, num_frames: int,
-               image_size: int, system: str = SYSTEM_PROMPT):
+               image_size: int, prompt: PromptFormat = PromptFormat()):
     if num_frames < 1 or image_size < 1:
       raise ValueError(f'num_frames and image_size must be positive, got {num_frames}, '
                        f'{image_size}')
@@ -95,14 +100,14 @@ class VideoSource:
     self.tokenizer = tokenizer
     self.num_frames = num_frames
     self.image_size = image_size
-    self.system = system
+    self.prompt = prompt
 
   def __len__(self) -> int:
     return len(self.records)
 
   def __getitem__(self, index: int) -> Example:
     return example_or_skip(self.records[index], self.tokenizer, num_frames=self.num_frames,
-                           image_size=self.image_size, system=self.system)
+                           image_size=self.image_size, prompt=self.prompt)
 
   def __repr__(self) -> str:
     return (f'VideoSource({len(self)} records, {self.num_frames} frames at '

@@ -30,10 +30,11 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+import tqdm
 import yaml
 from etils import epath
 from PIL import Image
@@ -60,6 +61,9 @@ QUESTIONS = {
     'end_event': 'What colour did the square flash?',
 }
 QUESTION_TYPES = tuple(QUESTIONS)
+# Exported clips play one frame a second: evaluation samples one frame per second (SPEC 6), so it
+# reads every frame of a clip, the frames training reads (linspace over all of them).
+FPS = 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,6 +317,13 @@ class SyntheticVideoQa(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       yield example['id'], example
 
 
+def named_config(name: str) -> SyntheticVideoQaConfig:
+  configs = {config.name: config for config in SyntheticVideoQa.BUILDER_CONFIGS}
+  if name not in configs:
+    raise ValueError(f'unknown synthetic_video_qa config {name!r}; known: {", ".join(configs)}')
+  return configs[name]
+
+
 def build(data_dir: str | os.PathLike,
           config: SyntheticVideoQaConfig | str = 'default') -> SyntheticVideoQa:
   """Prepares the dataset (ArrayRecord) under `data_dir`, or reuses it; returns the builder."""
@@ -350,11 +361,12 @@ def reply_text(example: Mapping[str, Any]) -> str:
   return as_text(example['answer'])
 
 
-def export_videos(examples: Sequence[Mapping[str, Any]], root: str | os.PathLike,
-                  fps: int = 4) -> Path:
+def export_videos(examples: Iterable[Mapping[str, Any]], root: str | os.PathLike,
+                  fps: int = FPS, progress: str | None = None) -> Path:
   """Writes `examples` (from `load_split` or `make_example`) as mp4s + LLaVA-Video-178K JSON.
 
-  Layout: `root/videos/<id>.mp4`, `root/annotations.json`, `root/mixture.yaml`.
+  Layout: `root/videos/<id>.mp4`, `root/annotations.json`, `root/mixture.yaml`. `progress`, if
+  given, labels a progress bar.
 
   Returns:
     The mixture YAML's path (for `load_mixture`).
@@ -362,7 +374,7 @@ def export_videos(examples: Sequence[Mapping[str, Any]], root: str | os.PathLike
   root = Path(root)
   (root / 'videos').mkdir(parents=True, exist_ok=True)
   records = []
-  for example in examples:
+  for example in tqdm.tqdm(examples, desc=progress, unit='clip', disable=progress is None):
     record_id = as_text(example['id'])
     video = f'videos/{record_id}.mp4'
     write_video(root / video, np.stack(example['video']).astype(np.uint8, copy=False), fps)
@@ -374,3 +386,16 @@ def export_videos(examples: Sequence[Mapping[str, Any]], root: str | os.PathLike
   mixture.write_text(yaml.safe_dump(
       {'datasets': [{'json_path': 'annotations.json', 'sampling_strategy': 'all'}]}))
   return mixture
+
+
+def export_split(root: str | os.PathLike, split: str,
+                 config: SyntheticVideoQaConfig | str = 'default', *, progress: bool = True) -> Path:
+  """Writes one split of the task straight to mp4s + annotations (`export_videos`) without
+  preparing the tfds dataset: the same examples its builder yields (`split_examples`), for
+  training on the decoded-video path. Returns the mixture YAML's path."""
+  if isinstance(config, str):
+    config = named_config(config)
+  examples = split_examples(config.seed, split, config.split_sizes, num_frames=config.num_frames,
+                            size=config.image_size)
+  return export_videos(examples, root,
+                       progress=f'synthetic_video_qa/{config.name} {split}' if progress else None)

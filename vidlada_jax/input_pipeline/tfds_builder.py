@@ -34,7 +34,7 @@ from etils import epath
 from tokenizers import Tokenizer
 
 from vidlada_jax.input_pipeline.annotations import VideoRecord
-from vidlada_jax.input_pipeline.chat import SYSTEM_PROMPT
+from vidlada_jax.input_pipeline.chat import PromptFormat
 from vidlada_jax.input_pipeline.sources import (SKIP_REASON, encode_jpeg, example_or_skip,
                                                 is_skipped)
 
@@ -66,10 +66,10 @@ class VidladaVideoFrames(tfds.core.GeneratorBasedBuilder, skip_registration=True
     return epath.Path(inspect.getfile(cls))
 
   def __init__(self, *, records: Sequence[VideoRecord], tokenizer: Tokenizer,
-               config: VideoFramesConfig, system: str = SYSTEM_PROMPT, **kwargs):
+               config: VideoFramesConfig, prompt: PromptFormat = PromptFormat(), **kwargs):
     self._records = tuple(records)
     self._tokenizer = tokenizer
-    self._system = system
+    self._prompt = prompt
     self._skipped: list[str] = []
     super().__init__(config=config, **kwargs)
 
@@ -97,7 +97,7 @@ class VidladaVideoFrames(tfds.core.GeneratorBasedBuilder, skip_registration=True
     config = self.builder_config
     for index, record in enumerate(self._records):
       example = example_or_skip(record, self._tokenizer, num_frames=config.num_frames,
-                                image_size=config.image_size, system=self._system)
+                                image_size=config.image_size, prompt=self._prompt)
       if is_skipped(example):
         log.warning('skipped %s', example[SKIP_REASON])
         self._skipped.append(record.id)
@@ -114,7 +114,7 @@ class VidladaVideoFrames(tfds.core.GeneratorBasedBuilder, skip_registration=True
 def build_array_record_dataset(records: Sequence[VideoRecord], tokenizer: Tokenizer,
                                data_dir: str | os.PathLike, *, num_frames: int, image_size: int,
                                jpeg_quality: int = 95, name: str | None = None,
-                               system: str = SYSTEM_PROMPT) -> Path:
+                               prompt: PromptFormat = PromptFormat()) -> Path:
   """Decodes `records` once into an ArrayRecord dataset under `data_dir`; returns its folder.
 
   Unreadable videos are skipped, logged, and listed (ids) in the dataset's metadata
@@ -122,7 +122,7 @@ def build_array_record_dataset(records: Sequence[VideoRecord], tokenizer: Tokeni
   name is reused, not rebuilt.
   """
   builder = VidladaVideoFrames(
-      records=records, tokenizer=tokenizer, system=system, data_dir=str(data_dir),
+      records=records, tokenizer=tokenizer, prompt=prompt, data_dir=str(data_dir),
       file_format='array_record',
       config=VideoFramesConfig(num_frames=num_frames, image_size=image_size,
                                jpeg_quality=jpeg_quality, name=name))

@@ -4,12 +4,19 @@ The `data` section:
 
     source          'mixture' (a mixture YAML of LLaVA-Video-178K annotation files, decoded on
                     the fly with PyAV), 'array_record' (a pre-decoded set written by
-                    `input_pipeline.build_array_record_dataset`), or 'synthetic' (moving-square
-                    clips generated into the work directory, for the tiny configs and tests)
+                    `input_pipeline.build_array_record_dataset`), 'synthetic' (moving-square
+                    clips generated into the work directory, for the tiny configs and tests), or
+                    'synthetic_video_qa' (the train split of that task, written as mp4s into the
+                    work directory and decoded like any mixture)
     mixture         the mixture YAML ('mixture')
     array_record    the pre-decoded set's directory ('array_record')
     synthetic_clips clips to generate ('synthetic')
-    tokenizer       a tokenizer.json or checkpoint directory, or 'tiny' (`fixtures.tiny_tokenizer`)
+    video_qa        {config, train_size} of the task's builder config ('synthetic_video_qa')
+    tokenizer       a tokenizer.json or checkpoint directory, or 'tiny' / 'demo'
+                    (`fixtures.tiny_tokenizer`, `fixtures.demo_tokenizer`)
+    system, time_instruction, no_think
+                    how conversations become prompts (`input_pipeline.chat.PromptFormat`;
+                    default: as the reference trains)
     num_frames      frames per video (SPEC 6: linspace over the video)
     buckets         text lengths a batch is padded to (the step compiles once per bucket)
     worker_count    decoding processes per host (grain); 0 decodes in the training process
@@ -18,6 +25,7 @@ The `data` section:
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +37,8 @@ from vidlada_jax import fixtures, input_pipeline, prompting
 from vidlada_jax.config import ModelConfig
 from vidlada_jax.training.train_step import batch_shardings
 
-SOURCES = ('mixture', 'array_record', 'synthetic')
+SOURCES = ('mixture', 'array_record', 'synthetic', 'synthetic_video_qa')
+NAMED_TOKENIZERS = {'tiny': fixtures.tiny_tokenizer, 'demo': fixtures.demo_tokenizer}
 
 
 def load_tokenizer(data: dict[str, Any], workdir: Path):
@@ -38,8 +47,8 @@ def load_tokenizer(data: dict[str, Any], workdir: Path):
   if saved.exists():
     return prompting.load_tokenizer(saved)
   name = data.get('tokenizer', 'tiny')
-  if name == 'tiny':
-    return fixtures.tiny_tokenizer()
+  if name in NAMED_TOKENIZERS:
+    return NAMED_TOKENIZERS[name]()
   return prompting.load_tokenizer(name)
 
 
@@ -58,11 +67,18 @@ def make_iterator(data: dict[str, Any], tokenizer, model: ModelConfig, *, per_ho
   else:
     if source_kind == 'synthetic':
       mixture = _synthetic_mixture(data, Path(workdir), num_frames, seed)
+    elif source_kind == 'synthetic_video_qa':
+      mixture = _synthetic_video_qa_mixture(data, Path(workdir))
     else:
       mixture = data['mixture']
     records = input_pipeline.load_mixture(mixture, seed=int(data.get('seed', seed)))
+    defaults = input_pipeline.PromptFormat()
+    prompt = input_pipeline.PromptFormat(
+        system=data.get('system') or defaults.system,
+        time_instruction=bool(data.get('time_instruction', defaults.time_instruction)),
+        no_think=bool(data.get('no_think', defaults.no_think)), tokens=model.tokens)
     source = input_pipeline.VideoSource(records, tokenizer, num_frames=num_frames,
-                                        image_size=image_size)
+                                        image_size=image_size, prompt=prompt)
   dataset = input_pipeline.make_pipeline(
       source, batch_size=per_host_batch, seed=int(data.get('seed', seed)),
       buckets=tuple(data['buckets']), worker_count=int(data.get('worker_count', 0)),
@@ -99,6 +115,25 @@ def _synthetic_mixture(data: dict[str, Any], workdir: Path, num_frames: int, see
         num_frames_in_video=int(data.get('synthetic_video_frames') or 2 * num_frames),
         seed=int(data.get('seed', seed)))
   multihost_utils.sync_global_devices('vidlada_synthetic_data')
+  return mixture
+
+
+def _synthetic_video_qa_mixture(data: dict[str, Any], workdir: Path) -> Path:
+  """The task's train split as mp4s in the work directory: written once (by the first
+  process), reused when the run resumes."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from vidlada_jax.input_pipeline import synthetic_qa  # pylint: disable=g-import-not-at-top
+
+  task = dict(data.get('video_qa') or {})
+  config = synthetic_qa.named_config(task.get('config', 'default'))
+  if task.get('train_size'):
+    config = copy.copy(config)
+    config.split_sizes = dict(config.split_sizes, train=int(task['train_size']))
+  root = workdir / 'synthetic_video_qa'
+  mixture = root / 'mixture.yaml'
+  if jax.process_index() == 0 and not mixture.exists():
+    synthetic_qa.export_split(root, 'train', config)
+  multihost_utils.sync_global_devices('vidlada_synthetic_video_qa')
   return mixture
 
 
