@@ -4,24 +4,34 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCK := requirements/lock-py311-cpu.txt
+EXTRAS := requirements/app.txt requirements/lmms.txt
 PYTEST_ARGS ?=
+# Debian's chromium drives the web page's browser test (playwright downloads no browser here).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test clean
+.PHONY: setup browser demo test clean
 
 setup: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml $(LOCK)
+$(STAMP): setup.cfg pyproject.toml $(LOCK) $(EXTRAS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[torch,dev]'
+	# The web page, plots and lmms-eval, at exact pins without resolution (each file says why).
+	$(BIN)/python -m pip install --quiet --no-deps $(addprefix -r ,$(EXTRAS))
 	touch $(STAMP)
+
+browser:
+	@command -v chromium >/dev/null || { \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
 demo: $(STAMP)
 	$(BIN)/python -m launch.demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
 
 clean:
