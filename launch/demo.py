@@ -1,13 +1,13 @@
-"""The main job: answer a question about a short generated video with the tiny model.
+"""The main job: the trained demo model answers a question about a bundled clip.
 
-    python -m launch.demo [--outputs outputs] [--question "..."]
+    python -m launch.demo [--clip ID] [--question "..."] [--checkpoint DIR]
 
-Writes a tiny VidLaDA checkpoint (random weights, the real token ids and frame geometry, a small
-tokenizer with the LLaDA special tokens) and a 6-second clip of a red square crossing the frame,
-then runs `launch.sample` on them, printing the spliced sequence layout, the decoded tokens and
-the answer. The weights are random, so the answer is not meaningful yet: the demo shows the
-pipeline (video decoding, SigLIP tower, projector, resampling, splicing, block diffusion)
-end to end.
+Loads `assets/demo-vidlada` (a small VidLaDA trained on synthetic_video_qa by configs/demo.py;
+see its PROVENANCE.md) and answers the question of one bundled test clip (`assets/clips`), or
+--question about it, twice: with plain diffusion decoding (every step recomputes every token, as
+the reference does) and with MARS-Cache. It prints the spliced sequence, the answer of each, the
+expected answer (for the clip's own question) and whether the answer matches it, and the timings
+side by side: compilation apart, then the decode itself.
 """
 
 from __future__ import annotations
@@ -17,48 +17,80 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from launch import assets, sample
+from vidlada_jax import evaluation
+from vidlada_jax.input_pipeline import synthetic_qa
+from vidlada_jax.sampling import SamplerConfig
 
-import vidlada_jax as vj
-from launch import sample
-from vidlada_jax.fixtures import tiny_tokenizer
-from vidlada_jax.video import write_video
+DEFAULT_CLIP = 'test_00004'  # a middle_event question: the evidence is only mid-clip
+# What the demo model was evaluated with (README: MARS-Cache on the demo model).
+GEN_LENGTH = STEPS = BLOCK_LENGTH = 16
+POLICIES = ('none', 'mars')
 
 
-def moving_square_clip(num_frames: int = 24, height: int = 120, width: int = 160) -> np.ndarray:
-  """uint8 [F, H, W, 3]: a red square crossing a blue background from left to right."""
-  frames = np.zeros((num_frames, height, width, 3), np.uint8)
-  frames[..., 2] = 160
-  side = height // 4
-  for f in range(num_frames):
-    x = int((width - side) * f / max(num_frames - 1, 1))
-    y = (height - side) // 2
-    frames[f, y:y + side, x:x + side] = (220, 30, 30)
-  return frames
+def timed_answer(sampler: sample.Sampler, item: sample.Item, policy: str):
+  """(answer, compile+decode seconds, decode seconds, tokens/s) of one item under `policy`."""
+  sampler.cache = sample.CACHE_POLICIES[policy]
+  start = time.perf_counter()
+  sampler.answer([item], batch_size=1)  # compiles this policy's program
+  first = time.perf_counter() - start
+  (answer,), timings = sampler.answer([item], batch_size=1)
+  return answer, first, timings['generate_s'], timings['tokens_per_s']
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m launch.demo', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--outputs', default='outputs', help='where to write the model and clip')
-  parser.add_argument('--question', default='Which way does the red square move?')
-  parser.add_argument('--gen-length', type=int, default=16)
+  parser.add_argument('--checkpoint', default=str(assets.DEMO_CHECKPOINT))
+  parser.add_argument('--clip', default=DEFAULT_CLIP,
+                      help=f'id of a bundled clip (assets/clips/clips.json; default {DEFAULT_CLIP})')
+  parser.add_argument('--question', help="another question about the clip (default: the clip's)")
   args = parser.parse_args(argv)
 
-  outputs = Path(args.outputs)
-  outputs.mkdir(parents=True, exist_ok=True)
+  clips = {clip['id']: clip for clip in assets.demo_clips()}
+  if args.clip not in clips:
+    print(f'error: no bundled clip {args.clip!r}; known: {", ".join(clips)}', file=sys.stderr)
+    return 2
+  if not Path(args.checkpoint).exists():
+    print(f'error: checkpoint {args.checkpoint} does not exist', file=sys.stderr)
+    return 2
+  clip = clips[args.clip]
+  question = args.question or synthetic_qa.prompt_text(clip).removeprefix('<image>\n')
   start = time.perf_counter()
-  config = vj.model_config('tiny')
-  checkpoint = vj.save_checkpoint(vj.init_model(config, seed=0), outputs / 'tiny-vidlada',
-                                  overwrite=True, tokenizer=tiny_tokenizer())
-  clip = write_video(outputs / 'moving_square.mp4', moving_square_clip(), fps=4)
-  print(f'tiny VidLaDA ({vj.count_params(config):,} parameters, random weights) -> {checkpoint}')
-  print(f'generated clip (24 frames at 4 fps) -> {clip}  [{time.perf_counter() - start:.1f}s]')
-  print(f'question: {args.question}')
-  return sample.main([
-      '--checkpoint', str(checkpoint), '--video', str(clip), '--question', args.question,
-      '--gen-length', str(args.gen_length), '--steps', str(args.gen_length),
-      '--block-length', str(args.gen_length), '--show-layout'])
+  sampler = sample.Sampler(
+      args.checkpoint, SamplerConfig(gen_length=GEN_LENGTH, steps=STEPS, block_length=BLOCK_LENGTH),
+      frames=64)
+  config = sampler.model.config
+  item = sample.Item(clip['id'], Path(clip['video']), question)
+  _, prompt = sampler.prepare(item)
+  print(f'demo VidLaDA: {Path(args.checkpoint).name}, loaded in {time.perf_counter() - start:.1f}s')
+  print(f'clip: {Path(clip["video"]).name} ({clip["question_type"]})')
+  print('spliced sequence:\n' + sample.describe_layout(prompt, len(sampler.prepare(item)[0].frames),
+                                                       config.tokens_per_frame, GEN_LENGTH))
+  print(f'question: {question}')
+
+  rows = []
+  for policy in POLICIES:
+    answer, first, seconds, tokens_per_s = timed_answer(sampler, item, policy)
+    rows.append((policy, answer.answer, first - seconds, seconds, tokens_per_s))
+  plain_seconds = rows[0][3]
+  for policy, answer, _, _, _ in rows:
+    name = 'plain decoding' if policy == 'none' else 'MARS-Cache'
+    print(f'answer ({name}): {answer or "(empty answer)"}')
+  if not args.question:
+    multiple_choice = clip['format'] == 'multiple_choice'
+    target = clip['answer_letter'] if multiple_choice else clip['answer']
+    correct = evaluation.score(rows[0][1], target, multiple_choice=multiple_choice)
+    shown = f'{target} ({clip["answer"]})' if multiple_choice else target
+    print(f'expected: {shown}  -> {"correct" if correct else "wrong"}')
+  print(f'\n{"decoding":<16}{"compile s":>10}{"decode s":>10}{"tokens/s":>10}{"speedup":>9}')
+  for policy, _, compile_s, seconds, tokens_per_s in rows:
+    name = 'plain' if policy == 'none' else 'MARS-Cache'
+    print(f'{name:<16}{compile_s:>10.2f}{seconds:>10.3f}{tokens_per_s:>10.1f}'
+          f'{plain_seconds / seconds:>8.1f}x')
+  print(f'({GEN_LENGTH} tokens, {STEPS} steps, one block; '
+        f'{config.tokens_per_frame} visual tokens a frame)')
+  return 0
 
 
 if __name__ == '__main__':
