@@ -61,9 +61,10 @@ def test_module_learning_rates_freezing_and_clipping():
 
 # --- The train step -----------------------------------------------------------------------
 
-def test_accumulated_step_averages_the_micro_batch_gradients():
-  """Two micro-batches in one step: the update is the mean of each micro-batch's gradient,
-  computed here directly with jax.grad of the objective."""
+@pytest.mark.parametrize('accumulation', [1, 2])
+def test_accumulated_step_averages_the_micro_batch_gradients(accumulation):
+  """One or two micro-batches in one step (one takes the path without a loop): the update is the
+  mean of each micro-batch's gradient, computed here directly with jax.grad of the objective."""
   model = vj.init_model(vj.model_config('tiny-lm'), seed=2)
   graphdef, state = nnx.split(model)
   values = {p: v.get_value() for p, v in flat_params(state).items()}
@@ -73,7 +74,7 @@ def test_accumulated_step_averages_the_micro_batch_gradients():
   functions = StepFunctions(graphdef, nnx.split(nnx.eval_shape(lambda: model))[1],
                             optax.sgd(1.0), lambda step: 1.0, loss_chunk=16)
   rng = np.random.default_rng(0)
-  ids = rng.integers(0, 500, size=(2, 3, 24)).astype(np.int32)  # [accumulation, micro, L]
+  ids = rng.integers(0, 500, size=(accumulation, 3, 24)).astype(np.int32)  # [acc., micro, L]
   labels = np.where(rng.random(ids.shape) < 0.7, ids, -100).astype(np.int32)
   batch = {'input_ids': jnp.asarray(ids), 'labels': jnp.asarray(labels)}
   key = jax.random.PRNGKey(7)
@@ -89,11 +90,11 @@ def test_accumulated_step_averages_the_micro_batch_gradients():
     return masked_diffusion_loss(merged, batch['input_ids'][i], batch['labels'][i], step_key,
                                  chunk=16)[0]
 
-  grads = [jax.grad(loss)(trainable, i) for i in range(2)]
-  losses = [float(loss(trainable, i)) for i in range(2)]
+  grads = [jax.grad(loss)(trainable, i) for i in range(accumulation)]
+  losses = [float(loss(trainable, i)) for i in range(accumulation)]
   np.testing.assert_allclose(float(metrics['loss']), np.mean(losses), rtol=1e-6)
   for path in trainable:
-    expected = trainable[path] - (grads[0][path] + grads[1][path]) / 2
+    expected = trainable[path] - sum(g[path] for g in grads) / accumulation
     np.testing.assert_allclose(new_state.params[path], expected, rtol=1e-5, atol=1e-7)
   assert int(new_state.step) == 4 and frozen_path not in new_state.params
 

@@ -76,9 +76,15 @@ def train_step(functions: StepFunctions, state: TrainState, frozen: dict[str, ja
     return (grads, loss + micro_loss, masked + micro_masked), None
 
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-  (grads, loss, masked), _ = jax.lax.scan(
-      accumulate, (zeros, jnp.float32(0), jnp.int32(0)),
-      (batch, jnp.arange(accumulation, dtype=jnp.int32)))
+  carry = (zeros, jnp.float32(0), jnp.int32(0))
+  if accumulation == 1:
+    # The same sums without a loop: XLA:CPU runs a one-trip `scan` body about 2x slower than
+    # the same computation outside a loop.
+    (grads, loss, masked), _ = accumulate(
+        carry, (jax.tree.map(lambda x: x[0], batch), jnp.int32(0)))
+  else:
+    (grads, loss, masked), _ = jax.lax.scan(
+        accumulate, carry, (batch, jnp.arange(accumulation, dtype=jnp.int32)))
   # The loss is a mean over samples and micro-batches are equal in size: averaging the
   # micro-batch means gives the global batch's mean and its gradient.
   grads = jax.tree.map(lambda g: g / accumulation, grads)
