@@ -18,7 +18,7 @@ from configs import common
 
 
 def get_config(arg: str | None = None):
-  knobs = common.parse_arg(arg, steps=1000, batch=16, lr=1.5e-3, train_size=16000, workers=1)
+  knobs = common.parse_arg(arg, steps=2200, batch=16, lr=1.5e-3, train_size=16000, workers=1)
   return common.base(
       model=dict(architecture='demo', seed=0),
       # Dense XLA attention: at ~200 tokens the score matrices are small, and on CPUs the dense
