@@ -89,7 +89,7 @@ class Trace:
 def clip_question(record: dict) -> str:
   """The question of a bundled clip as the model was trained to see it (as launch.demo asks it):
   multiple-choice questions carry their lettered options and the answer instruction."""
-  return synthetic_qa.prompt_text(record).removeprefix(prompting.IMAGE_TOKEN + '\n')
+  return synthetic_qa.question_text(record)
 
 
 def load_clips(directory: str | os.PathLike | None = None) -> list[dict]:

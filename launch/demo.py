@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     print(f'error: checkpoint {args.checkpoint} does not exist', file=sys.stderr)
     return 2
   clip = clips[args.clip]
-  question = args.question or synthetic_qa.prompt_text(clip).removeprefix('<image>\n')
+  question = args.question or synthetic_qa.question_text(clip)
   start = time.perf_counter()
   sampler = sample.Sampler(
       args.checkpoint, SamplerConfig(gen_length=GEN_LENGTH, steps=STEPS, block_length=BLOCK_LENGTH),

@@ -112,17 +112,6 @@ def export_root(data_dir: Path, config: str, split: str) -> Path:
 # a split has to be exported (later runs read `items.json`).
 
 
-def question_prompt(example) -> str:
-  """The human turn the model was trained on, less the '<image>\\n' the chat template adds."""
-  from vidlada_jax.input_pipeline import synthetic_qa  # pylint: disable=g-import-not-at-top
-
-  text = synthetic_qa.prompt_text(example)
-  placeholder = '<image>\n'
-  if not text.startswith(placeholder):
-    raise ValueError(f'synthetic_qa.prompt_text no longer starts with {placeholder!r}: {text!r}')
-  return text[len(placeholder):]
-
-
 def split_examples(data_dir: Path, split: str, config: str):
   """The split's examples. A named config's are drawn directly (`synthetic_qa.split_examples`:
   the examples its tfds builder yields, without preparing every split of the dataset); another
@@ -162,7 +151,7 @@ def prepare_items(data_dir: Path, split: str, config: str) -> list[TaskItem]:
     def examples():
       for example in source:
         metadata.append(dict(
-            id=text(example['id']), prompt=question_prompt(example),
+            id=text(example['id']), prompt=synthetic_qa.question_text(example),
             question=text(example['question']), question_type=text(example['question_type']),
             format=text(example['format']), options=[text(o) for o in example['options']],
             answer=text(example['answer']), answer_letter=text(example['answer_letter']),

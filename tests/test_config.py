@@ -113,3 +113,23 @@ def test_config_arguments_are_checked():
   with pytest.raises(ValueError, match="unknown config argument 'frame=2'"):
     tiny.get_config('frame=2')
   assert tiny.get_config('stage=2,steps=5').train.total_steps == 5
+
+
+def test_initializer_range_sets_the_init_scale_and_travels_with_exports():
+  import numpy as np
+  from vidlada_jax.hf import config as hf_config
+
+  for name, expected in (('tiny', 0.02), ('demo', 0.08)):
+    config = vj.model_config(name)
+    assert config.lm.initializer_range == config.vision.initializer_range == expected
+    model = vj.init_model(config, seed=0)
+    stds = {name: float(np.std(np.asarray(array))) for name, array in (
+        ('lm q_proj', model.lm.layers.self_attn.q_proj.kernel.value),
+        ('lm embeddings', model.lm.embed_tokens.embedding.value),
+        ('tower fc1', model.vision_tower.layers.mlp.fc1.kernel.value),
+        ('projector', model.mm_projector.linear_2.kernel.value))}
+    for part, std in stds.items():
+      assert abs(std - expected) < 0.1 * expected, (name, part, std)
+    exported = hf_config.export_config(config, 'llada_v', 'float32')
+    assert exported['initializer_range'] == expected
+    assert hf_config.parse(exported)[1].lm.initializer_range == expected

@@ -40,7 +40,7 @@ def test_training_prompt_is_the_inference_prompt(tmp_path):
   by_id = {e['id']: e for e in examples}
   for index in range(len(source)):
     example = source[index]
-    question = synthetic_qa.prompt_text(by_id[example['id']]).removeprefix('<image>\n')
+    question = synthetic_qa.question_text(by_id[example['id']])
     inference = prompting.tokenize(tokenizer, chat.video_question(question, no_think=True))
     np.testing.assert_array_equal(example['input_ids'][:len(inference)], inference)
     reply = tokenizer.decode(example['input_ids'][len(inference):].tolist(),
@@ -86,7 +86,7 @@ def test_main_job_answers_the_bundled_clip(capsys):
   out = capsys.readouterr().out
   assert code == 0, out
   clip = {c['id']: c for c in assets.demo_clips()}[demo.DEFAULT_CLIP]
-  question = synthetic_qa.prompt_text(clip).removeprefix('<image>\n')
+  question = synthetic_qa.question_text(clip)
   sampler = sample.Sampler(assets.DEMO_CHECKPOINT, SamplerConfig(
       gen_length=demo.GEN_LENGTH, steps=demo.STEPS, block_length=demo.BLOCK_LENGTH), frames=64)
   (expected,), _ = sampler.answer([sample.Item('0', clip['video'], question)], batch_size=1)

@@ -28,6 +28,10 @@ class LMConfig:
   intermediate_size: int
   rope_theta: float
   rms_norm_eps: float
+  # Std of the normal init of every weight matrix (HF's name). Only training from scratch reads
+  # it: the reference's 0.02 suits width 4096; a narrow model needs about 1/sqrt(width) or its
+  # attention stays uniform for hundreds of steps.
+  initializer_range: float = 0.02
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -51,6 +55,7 @@ class VisionConfig:
   image_size: int
   patch_size: int
   layer_norm_eps: float
+  initializer_range: float = 0.02  # as LMConfig's
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -291,6 +296,7 @@ DEMO_LM = LMConfig(
     intermediate_size=384,
     rope_theta=10000.0,
     rms_norm_eps=1e-5,
+    initializer_range=0.08,  # ~1/sqrt(128): at 0.02 the LM needs >400 steps to learn to copy
 )
 # 64-px frames in 16-px patches (one cell of the task's 4x4 grid each): 4x4 -> 2x2 pooled, 6
 # visual tokens per frame.
@@ -302,6 +308,7 @@ DEMO_VISION = VisionConfig(
     image_size=64,
     patch_size=16,
     layer_norm_eps=1e-6,
+    initializer_range=0.08,
 )
 
 ARCHITECTURES = {

@@ -23,27 +23,27 @@ from vidlada_jax.nn.attention import Attention
 from vidlada_jax.nn.layers import (ACTIVATION_AXES, RMSNorm, RotaryTable, apply_rope, logical,
                                    scan_layers, stacked)
 
-_INIT = nnx.initializers.normal(0.02)  # the reference's initializer_range
 
 
 class LLaDAAttention(nnx.Module):
 
   def __init__(self, cfg: LMConfig, attend: Attention, *, dtype, param_dtype, rngs: nnx.Rngs):
+    weights = nnx.initializers.normal(cfg.initializer_range)
     self.attend = attend
     common = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     heads, kv_heads, head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     self.q_proj = nnx.LinearGeneral(
         cfg.hidden_size, (heads, head_dim),
-        kernel_init=logical(_INIT, 'embed', 'heads', 'head_dim'), **common)
+        kernel_init=logical(weights, 'embed', 'heads', 'head_dim'), **common)
     self.k_proj = nnx.LinearGeneral(
         cfg.hidden_size, (kv_heads, head_dim),
-        kernel_init=logical(_INIT, 'embed', 'kv_heads', 'head_dim'), **common)
+        kernel_init=logical(weights, 'embed', 'kv_heads', 'head_dim'), **common)
     self.v_proj = nnx.LinearGeneral(
         cfg.hidden_size, (kv_heads, head_dim),
-        kernel_init=logical(_INIT, 'embed', 'kv_heads', 'head_dim'), **common)
+        kernel_init=logical(weights, 'embed', 'kv_heads', 'head_dim'), **common)
     self.o_proj = nnx.LinearGeneral(
         (heads, head_dim), cfg.hidden_size, axis=(-2, -1),
-        kernel_init=logical(_INIT, 'heads', 'head_dim', 'embed'), **common)
+        kernel_init=logical(weights, 'heads', 'head_dim', 'embed'), **common)
 
   def queries(self, x, rope: RotaryTable):
     return apply_rope(self.q_proj(x), rope)
@@ -61,13 +61,14 @@ class LLaDAMLP(nnx.Module):
   """SwiGLU: down(silu(gate(x)) * up(x))."""
 
   def __init__(self, cfg: LMConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    weights = nnx.initializers.normal(cfg.initializer_range)
     common = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.gate_proj = nnx.Linear(
-        cfg.hidden_size, cfg.intermediate_size, kernel_init=logical(_INIT, 'embed', 'mlp'), **common)
+        cfg.hidden_size, cfg.intermediate_size, kernel_init=logical(weights, 'embed', 'mlp'), **common)
     self.up_proj = nnx.Linear(
-        cfg.hidden_size, cfg.intermediate_size, kernel_init=logical(_INIT, 'embed', 'mlp'), **common)
+        cfg.hidden_size, cfg.intermediate_size, kernel_init=logical(weights, 'embed', 'mlp'), **common)
     self.down_proj = nnx.Linear(
-        cfg.intermediate_size, cfg.hidden_size, kernel_init=logical(_INIT, 'mlp', 'embed'), **common)
+        cfg.intermediate_size, cfg.hidden_size, kernel_init=logical(weights, 'mlp', 'embed'), **common)
 
   def __call__(self, x):
     return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -134,18 +135,19 @@ class LLaDA(nnx.Module):
   def __init__(
       self, cfg: LMConfig, attend: Attention, *, dtype, param_dtype, remat_policy=None,
       rngs: nnx.Rngs):
+    weights = nnx.initializers.normal(cfg.initializer_range)
     self.config = cfg
     self.remat_policy = remat_policy
     self.embed_tokens = nnx.Embed(
         cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
-        embedding_init=logical(_INIT, 'vocab', 'embed'), rngs=rngs)
+        embedding_init=logical(weights, 'vocab', 'embed'), rngs=rngs)
     self.layers = stacked(
         lambda r: LLaDABlock(cfg, attend, dtype=dtype, param_dtype=param_dtype, rngs=r),
         cfg.num_layers, rngs)
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
     self.lm_head = nnx.Linear(
         cfg.hidden_size, cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-        kernel_init=logical(_INIT, 'embed', 'vocab'), rngs=rngs)
+        kernel_init=logical(weights, 'embed', 'vocab'), rngs=rngs)
 
   def embed(self, input_ids: jax.Array) -> jax.Array:
     return self.embed_tokens(input_ids)

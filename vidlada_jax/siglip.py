@@ -17,7 +17,6 @@ from vidlada_jax.config import VisionConfig
 from vidlada_jax.nn.attention import Attention
 from vidlada_jax.nn.layers import ACTIVATION_AXES, logical, scan_layers, stacked
 
-_INIT = nnx.initializers.normal(0.02)
 _ZEROS = nnx.initializers.zeros_init()
 _ONES = nnx.initializers.ones_init()
 
@@ -35,18 +34,19 @@ class SiglipAttention(nnx.Module):
   def __init__(self, cfg: VisionConfig, attend: Attention, *, dtype, param_dtype, rngs):
     self.attend = attend
     heads, head_dim = cfg.num_heads, cfg.head_dim
+    weights = nnx.initializers.normal(cfg.initializer_range)
     common = dict(use_bias=True, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def project_in():
       return nnx.LinearGeneral(
           cfg.hidden_size, (heads, head_dim),
-          kernel_init=logical(_INIT, 'vision_embed', 'vision_heads', 'head_dim'),
+          kernel_init=logical(weights, 'vision_embed', 'vision_heads', 'head_dim'),
           bias_init=logical(_ZEROS, 'vision_heads', 'head_dim'), **common)
 
     self.q_proj, self.k_proj, self.v_proj = project_in(), project_in(), project_in()
     self.out_proj = nnx.LinearGeneral(
         (heads, head_dim), cfg.hidden_size, axis=(-2, -1),
-        kernel_init=logical(_INIT, 'vision_heads', 'head_dim', 'vision_embed'),
+        kernel_init=logical(weights, 'vision_heads', 'head_dim', 'vision_embed'),
         bias_init=logical(_ZEROS, 'vision_embed'), **common)
 
   def __call__(self, x):
@@ -56,14 +56,15 @@ class SiglipAttention(nnx.Module):
 class SiglipMLP(nnx.Module):
 
   def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs):
+    weights = nnx.initializers.normal(cfg.initializer_range)
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.fc1 = nnx.Linear(
         cfg.hidden_size, cfg.intermediate_size,
-        kernel_init=logical(_INIT, 'vision_embed', 'vision_mlp'),
+        kernel_init=logical(weights, 'vision_embed', 'vision_mlp'),
         bias_init=logical(_ZEROS, 'vision_mlp'), **common)
     self.fc2 = nnx.Linear(
         cfg.intermediate_size, cfg.hidden_size,
-        kernel_init=logical(_INIT, 'vision_mlp', 'vision_embed'),
+        kernel_init=logical(weights, 'vision_mlp', 'vision_embed'),
         bias_init=logical(_ZEROS, 'vision_embed'), **common)
 
   def __call__(self, x):
@@ -90,17 +91,18 @@ class SiglipVisionTower(nnx.Module):
   def __init__(
       self, cfg: VisionConfig, attend: Attention, *, dtype, param_dtype, remat_policy=None,
       rngs: nnx.Rngs):
+    weights = nnx.initializers.normal(cfg.initializer_range)
     self.config = cfg
     self.remat_policy = remat_policy
     self.patch_embedding = nnx.Conv(
         3, cfg.hidden_size, kernel_size=(cfg.patch_size, cfg.patch_size),
         strides=(cfg.patch_size, cfg.patch_size), padding='VALID',
         dtype=dtype, param_dtype=param_dtype,
-        kernel_init=logical(_INIT, None, None, None, 'vision_embed'),
+        kernel_init=logical(weights, None, None, None, 'vision_embed'),
         bias_init=logical(_ZEROS, 'vision_embed'), rngs=rngs)
     self.position_embedding = nnx.Embed(
         cfg.num_patches, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
-        embedding_init=logical(_INIT, 'vision_positions', 'vision_embed'), rngs=rngs)
+        embedding_init=logical(weights, 'vision_positions', 'vision_embed'), rngs=rngs)
     self.layers = stacked(
         lambda r: SiglipEncoderLayer(cfg, attend, dtype=dtype, param_dtype=param_dtype, rngs=r),
         cfg.num_layers, rngs)

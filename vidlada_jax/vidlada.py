@@ -133,8 +133,9 @@ def check_image_placeholders(input_ids, image_id: int) -> None:
 class Projector(nnx.Module):
   """`mlp2x_gelu`: Linear -> GELU (exact erf form) -> Linear, with biases."""
 
-  def __init__(self, in_features: int, out_features: int, *, dtype, param_dtype, rngs):
-    init, zeros = nnx.initializers.normal(0.02), nnx.initializers.zeros_init()
+  def __init__(self, in_features: int, out_features: int, *, initializer_range: float, dtype,
+               param_dtype, rngs):
+    init, zeros = nnx.initializers.normal(initializer_range), nnx.initializers.zeros_init()
     common = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.linear_1 = nnx.Linear(
         in_features, out_features, kernel_init=logical(init, 'vision_embed', 'mlp'),
@@ -161,7 +162,8 @@ class VidLaDA(nnx.Module):
                           remat_policy=config.runtime.remat_policy, rngs=rngs, **common)
         if vision_cfg else None)
     self.mm_projector = nnx.data(
-        Projector(vision_cfg.hidden_size, lm_cfg.hidden_size, rngs=rngs, **common)
+        Projector(vision_cfg.hidden_size, lm_cfg.hidden_size,
+                  initializer_range=lm_cfg.initializer_range, rngs=rngs, **common)
         if config.is_multimodal else None)
     self.image_newline = nnx.data(
         nnx.Param(logical(nnx.initializers.normal(1.0 / math.sqrt(lm_cfg.hidden_size)), 'embed')(

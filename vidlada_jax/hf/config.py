@@ -80,7 +80,8 @@ def _llama_style_lm(raw: dict[str, Any]) -> LMConfig:
   return LMConfig(
       vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads,
       num_kv_heads=raw.get('num_key_value_heads') or heads, intermediate_size=inter,
-      rope_theta=_rope_theta(raw), rms_norm_eps=float(eps))
+      rope_theta=_rope_theta(raw), rms_norm_eps=float(eps),
+      initializer_range=float(raw.get('initializer_range', 0.02)))
 
 
 def _llada_lm(raw: dict[str, Any]) -> LMConfig:
@@ -182,7 +183,8 @@ def _llama_style_fields(lm: LMConfig, dtype: str) -> dict[str, Any]:
       num_hidden_layers=lm.num_layers, num_attention_heads=lm.num_heads,
       num_key_value_heads=lm.num_kv_heads, vocab_size=lm.vocab_size, rope_theta=lm.rope_theta,
       rms_norm_eps=lm.rms_norm_eps, rope_scaling=None, tie_word_embeddings=False,
-      attention_bias=False, attention_dropout=0.0, hidden_act='silu', initializer_range=0.02,
+      attention_bias=False, attention_dropout=0.0, hidden_act='silu',
+      initializer_range=lm.initializer_range,
       max_position_embeddings=16384, pretraining_tp=1, use_cache=False,
       bos_token_id=TokenIds().bos, eos_token_id=TokenIds().eos, torch_dtype=dtype)
 

@@ -345,14 +345,20 @@ def as_text(value) -> str:
   return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def prompt_text(example: Mapping[str, Any]) -> str:
-  """The human turn: the question, plus the lettered options for multiple choice."""
-  text = '<image>\n' + as_text(example['question'])
+def question_text(example: Mapping[str, Any]) -> str:
+  """The question as a user asks it (launch.sample, the web page, lmms-eval): the question, plus
+  the lettered options and the answer instruction for multiple choice."""
+  text = as_text(example['question'])
   if as_text(example['format']) == 'multiple_choice':
     options = [as_text(o) for o in example['options']]
     text += '\n' + '\n'.join(f'{letter}. {o}' for letter, o in zip(LETTERS, options))
     text += '\n' + OPTIONS_INSTRUCTION
   return text
+
+
+def prompt_text(example: Mapping[str, Any]) -> str:
+  """The human turn of the training conversation: the video placeholder, then the question."""
+  return '<image>\n' + question_text(example)
 
 
 def reply_text(example: Mapping[str, Any]) -> str:

@@ -15,11 +15,12 @@ variables in `data_files`, so the location is written into that YAML. Without `o
 goes to data/ next to this file, where synthetic_video_qa.yaml here reads it, and
 `--include_path vidlada_jax_lmms/tasks` finds the task.
 
-Prompts are the training prompts (`synthetic_qa.prompt_text` without its leading "<image>\\n",
-which the model's chat template puts back): the question, and for multiple choice the lettered
-options one a line and "Answer with the option's letter.". Answers are scored with
-`vidlada_jax.evaluation.score` (option letters parsed as lmms-eval's Video-MME does); the task
-reports `accuracy` and `accuracy_<question type>` (NaN for a type absent from the run).
+Prompts are the training prompts (`synthetic_qa.question_text`: the human turn without its
+leading "<image>\\n", which the model's chat template puts back): the question, and for
+multiple choice the lettered options one a line and "Answer with the option's letter.".
+Answers are scored with `vidlada_jax.evaluation.score` (option letters parsed as lmms-eval's
+Video-MME does); the task reports `accuracy` and `accuracy_<question type>` (NaN for a type
+absent from the run).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import yaml
 
 from vidlada_jax import evaluation
 from vidlada_jax.input_pipeline import synthetic_qa
-from vidlada_jax.prompting import IMAGE_TOKEN
 from vidlada_jax.video import write_video
 
 TASK_NAME = 'synthetic_video_qa'
@@ -54,12 +54,8 @@ def doc_to_visual(doc: Mapping[str, Any]) -> list[str]:
 
 
 def doc_to_text(doc: Mapping[str, Any], lmms_eval_specific_kwargs: Mapping | None = None) -> str:
-  text = synthetic_qa.prompt_text(doc)
-  placeholder = IMAGE_TOKEN + '\n'
-  if not text.startswith(placeholder):
-    raise ValueError(f'synthetic_qa.prompt_text no longer starts with {placeholder!r}: {text!r}')
   kwargs = lmms_eval_specific_kwargs or {}
-  return kwargs.get('pre_prompt', '') + text[len(placeholder):] + kwargs.get('post_prompt', '')
+  return kwargs.get('pre_prompt', '') + synthetic_qa.question_text(doc) + kwargs.get('post_prompt', '')
 
 
 def is_multiple_choice(doc: Mapping[str, Any]) -> bool:
