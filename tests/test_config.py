@@ -133,3 +133,10 @@ def test_initializer_range_sets_the_init_scale_and_travels_with_exports():
     exported = hf_config.export_config(config, 'llada_v', 'float32')
     assert exported['initializer_range'] == expected
     assert hf_config.parse(exported)[1].lm.initializer_range == expected
+    llada = hf_config.export_config(config.replace(vision=None), 'llada', 'float32')
+    assert hf_config.parse(llada)[1].lm.initializer_range == expected
+  # Checkpoints from before the field existed were initialised at 0.02.
+  legacy = vj.model_config('demo').to_dict()
+  del legacy['lm']['initializer_range'], legacy['vision']['initializer_range']
+  reread = vj.ModelConfig.from_dict(legacy)
+  assert reread.lm.initializer_range == reread.vision.initializer_range == 0.02

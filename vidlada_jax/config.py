@@ -31,7 +31,7 @@ class LMConfig:
   # Std of the normal init of every weight matrix (HF's name). Only training from scratch reads
   # it: the reference's 0.02 suits width 4096; a narrow model needs about 1/sqrt(width) or its
   # attention stays uniform for hundreds of steps.
-  initializer_range: float = 0.02
+  initializer_range: float
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -55,7 +55,7 @@ class VisionConfig:
   image_size: int
   patch_size: int
   layer_norm_eps: float
-  initializer_range: float = 0.02  # as LMConfig's
+  initializer_range: float  # as LMConfig's
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
@@ -205,6 +205,10 @@ class ModelConfig:
     lm = d.pop('lm', None)
     vision = d.pop('vision', None)
     tokens = d.pop('tokens', None)
+    # Checkpoints written before initializer_range was recorded were all initialised at 0.02.
+    for part in (lm, vision):
+      if part is not None:
+        part.setdefault('initializer_range', 0.02)
     return cls(
         lm=_build(LMConfig, lm),
         vision=_build(VisionConfig, vision),
@@ -236,6 +240,7 @@ LLADA_8B = LMConfig(
     intermediate_size=12288,
     rope_theta=500000.0,
     rms_norm_eps=1e-5,
+    initializer_range=0.02,
 )
 
 # SigLIP2 so400m patch14 384 ("FixRes"), as VidLaDA uses it: 26 of its 27 layers (SPEC 2.2).
@@ -247,6 +252,7 @@ SIGLIP2_SO400M = VisionConfig(
     image_size=384,
     patch_size=14,
     layer_norm_eps=1e-6,
+    initializer_range=0.02,
 )
 
 # Small enough for unit tests on a laptop CPU, but with the real vocabulary and special token ids
@@ -261,6 +267,7 @@ TINY_LM = LMConfig(
     intermediate_size=128,
     rope_theta=500000.0,
     rms_norm_eps=1e-5,
+    initializer_range=0.02,
 )
 TINY_VISION = VisionConfig(
     hidden_size=32,
@@ -270,6 +277,7 @@ TINY_VISION = VisionConfig(
     image_size=384,
     patch_size=14,
     layer_norm_eps=1e-6,
+    initializer_range=0.02,
 )
 
 # The demo model (`configs/demo.py`, trained on synthetic_video_qa; shipped in assets/): small

@@ -63,12 +63,12 @@ class LLaDAMLP(nnx.Module):
   def __init__(self, cfg: LMConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
     weights = nnx.initializers.normal(cfg.initializer_range)
     common = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.gate_proj = nnx.Linear(
-        cfg.hidden_size, cfg.intermediate_size, kernel_init=logical(weights, 'embed', 'mlp'), **common)
-    self.up_proj = nnx.Linear(
-        cfg.hidden_size, cfg.intermediate_size, kernel_init=logical(weights, 'embed', 'mlp'), **common)
-    self.down_proj = nnx.Linear(
-        cfg.intermediate_size, cfg.hidden_size, kernel_init=logical(weights, 'mlp', 'embed'), **common)
+    self.gate_proj = nnx.Linear(cfg.hidden_size, cfg.intermediate_size,
+                                kernel_init=logical(weights, 'embed', 'mlp'), **common)
+    self.up_proj = nnx.Linear(cfg.hidden_size, cfg.intermediate_size,
+                              kernel_init=logical(weights, 'embed', 'mlp'), **common)
+    self.down_proj = nnx.Linear(cfg.intermediate_size, cfg.hidden_size,
+                                kernel_init=logical(weights, 'mlp', 'embed'), **common)
 
   def __call__(self, x):
     return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))

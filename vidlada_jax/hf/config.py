@@ -106,7 +106,8 @@ def _llada_lm(raw: dict[str, Any]) -> LMConfig:
   return LMConfig(
       vocab_size=vocab, hidden_size=d_model, num_layers=layers, num_heads=heads,
       num_kv_heads=raw.get('n_kv_heads') or heads, intermediate_size=inter,
-      rope_theta=_rope_theta(raw), rms_norm_eps=float(eps))
+      rope_theta=_rope_theta(raw), rms_norm_eps=float(eps),
+      initializer_range=float(raw.get('init_std', 0.02)))
 
 
 def _vision(raw: dict[str, Any], *, used_layers: int) -> VisionConfig:
@@ -118,7 +119,8 @@ def _vision(raw: dict[str, Any], *, used_layers: int) -> VisionConfig:
       hidden_size=raw['hidden_size'], intermediate_size=raw['intermediate_size'],
       num_layers=used_layers, num_heads=raw['num_attention_heads'],
       image_size=raw['image_size'], patch_size=raw['patch_size'],
-      layer_norm_eps=float(raw['layer_norm_eps']))
+      layer_norm_eps=float(raw['layer_norm_eps']),
+      initializer_range=float(raw.get('initializer_range', 0.02)))
 
 
 def _combined_vision(raw: dict[str, Any]) -> VisionConfig:
@@ -210,7 +212,7 @@ def export_config(config: ModelConfig, layout: str, dtype: str) -> dict[str, Any
         architectures=['LLaDAModelLM'], model_type='llada', d_model=lm.hidden_size,
         n_layers=lm.num_layers, n_heads=lm.num_heads, n_kv_heads=lm.num_kv_heads,
         mlp_hidden_size=lm.intermediate_size, vocab_size=lm.vocab_size,
-        embedding_size=lm.vocab_size, rope_theta=lm.rope_theta, rms_norm_eps=lm.rms_norm_eps,
+        init_std=lm.initializer_range, embedding_size=lm.vocab_size, rope_theta=lm.rope_theta, rms_norm_eps=lm.rms_norm_eps,
         rms_layer_norm_eps=lm.rms_norm_eps, rope=True, block_type='llama',
         activation_type='silu', layer_norm_type='rms', weight_tying=False, include_bias=False,
         attention_layer_norm=False, input_emb_norm=False, scale_logits=False,

@@ -55,7 +55,8 @@ def doc_to_visual(doc: Mapping[str, Any]) -> list[str]:
 
 def doc_to_text(doc: Mapping[str, Any], lmms_eval_specific_kwargs: Mapping | None = None) -> str:
   kwargs = lmms_eval_specific_kwargs or {}
-  return kwargs.get('pre_prompt', '') + synthetic_qa.question_text(doc) + kwargs.get('post_prompt', '')
+  return (kwargs.get('pre_prompt', '') + synthetic_qa.question_text(doc)
+          + kwargs.get('post_prompt', ''))
 
 
 def is_multiple_choice(doc: Mapping[str, Any]) -> bool:
