@@ -123,7 +123,7 @@ def test_initializer_range_sets_the_init_scale_and_travels_with_exports():
     config = vj.model_config(name)
     assert config.lm.initializer_range == config.vision.initializer_range == expected
     model = vj.init_model(config, seed=0)
-    stds = {name: float(np.std(np.asarray(array))) for name, array in (
+    stds = {part: float(np.std(np.asarray(array))) for part, array in (
         ('lm q_proj', model.lm.layers.self_attn.q_proj.kernel.value),
         ('lm embeddings', model.lm.embed_tokens.embedding.value),
         ('tower fc1', model.vision_tower.layers.mlp.fc1.kernel.value),
@@ -140,3 +140,4 @@ def test_initializer_range_sets_the_init_scale_and_travels_with_exports():
   del legacy['lm']['initializer_range'], legacy['vision']['initializer_range']
   reread = vj.ModelConfig.from_dict(legacy)
   assert reread.lm.initializer_range == reread.vision.initializer_range == 0.02
+  assert 'initializer_range' not in legacy['lm'], 'from_dict must not change what it reads'

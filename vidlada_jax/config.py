@@ -16,6 +16,11 @@ import jax
 import jax.numpy as jnp
 
 
+# The init std of the reference's configs (LLaDA's init_std, HF's initializer_range): what a
+# checkpoint or config.json that does not say was initialised with.
+REFERENCE_INITIALIZER_RANGE = 0.02
+
+
 @dataclasses.dataclass(frozen=True)
 class LMConfig:
   """The LLaDA masked-diffusion language model (a bidirectional Llama-style decoder)."""
@@ -205,13 +210,13 @@ class ModelConfig:
     lm = d.pop('lm', None)
     vision = d.pop('vision', None)
     tokens = d.pop('tokens', None)
-    # Checkpoints written before initializer_range was recorded were all initialised at 0.02.
-    for part in (lm, vision):
-      if part is not None:
-        part.setdefault('initializer_range', 0.02)
+    # Checkpoints written before initializer_range was recorded were all initialised at the
+    # reference's value.
+    legacy = lambda part: None if part is None else {
+        'initializer_range': REFERENCE_INITIALIZER_RANGE, **part}
     return cls(
-        lm=_build(LMConfig, lm),
-        vision=_build(VisionConfig, vision),
+        lm=_build(LMConfig, legacy(lm)),
+        vision=_build(VisionConfig, legacy(vision)),
         tokens=_build(TokenIds, tokens) or TokenIds(),
         runtime=runtime,
         **d,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vidlada_jax.config import SIGLIP2_SO400M, LMConfig, ModelConfig, TokenIds, VisionConfig
+from vidlada_jax.config import (REFERENCE_INITIALIZER_RANGE, SIGLIP2_SO400M, LMConfig, ModelConfig,
+                                TokenIds, VisionConfig)
 from vidlada_jax.hf import layouts
 
 # transformers' `SiglipVisionConfig` defaults: older transformers wrote only non-default fields.
@@ -81,7 +82,7 @@ def _llama_style_lm(raw: dict[str, Any]) -> LMConfig:
       vocab_size=vocab, hidden_size=hidden, num_layers=layers, num_heads=heads,
       num_kv_heads=raw.get('num_key_value_heads') or heads, intermediate_size=inter,
       rope_theta=_rope_theta(raw), rms_norm_eps=float(eps),
-      initializer_range=float(raw.get('initializer_range', 0.02)))
+      initializer_range=float(raw.get('initializer_range', REFERENCE_INITIALIZER_RANGE)))
 
 
 def _llada_lm(raw: dict[str, Any]) -> LMConfig:
@@ -107,7 +108,7 @@ def _llada_lm(raw: dict[str, Any]) -> LMConfig:
       vocab_size=vocab, hidden_size=d_model, num_layers=layers, num_heads=heads,
       num_kv_heads=raw.get('n_kv_heads') or heads, intermediate_size=inter,
       rope_theta=_rope_theta(raw), rms_norm_eps=float(eps),
-      initializer_range=float(raw.get('init_std', 0.02)))
+      initializer_range=float(raw.get('init_std', REFERENCE_INITIALIZER_RANGE)))
 
 
 def _vision(raw: dict[str, Any], *, used_layers: int) -> VisionConfig:
@@ -120,7 +121,7 @@ def _vision(raw: dict[str, Any], *, used_layers: int) -> VisionConfig:
       num_layers=used_layers, num_heads=raw['num_attention_heads'],
       image_size=raw['image_size'], patch_size=raw['patch_size'],
       layer_norm_eps=float(raw['layer_norm_eps']),
-      initializer_range=float(raw.get('initializer_range', 0.02)))
+      initializer_range=float(raw.get('initializer_range', REFERENCE_INITIALIZER_RANGE)))
 
 
 def _combined_vision(raw: dict[str, Any]) -> VisionConfig:
@@ -212,7 +213,8 @@ def export_config(config: ModelConfig, layout: str, dtype: str) -> dict[str, Any
         architectures=['LLaDAModelLM'], model_type='llada', d_model=lm.hidden_size,
         n_layers=lm.num_layers, n_heads=lm.num_heads, n_kv_heads=lm.num_kv_heads,
         mlp_hidden_size=lm.intermediate_size, vocab_size=lm.vocab_size,
-        init_std=lm.initializer_range, embedding_size=lm.vocab_size, rope_theta=lm.rope_theta, rms_norm_eps=lm.rms_norm_eps,
+        init_std=lm.initializer_range, embedding_size=lm.vocab_size, rope_theta=lm.rope_theta,
+        rms_norm_eps=lm.rms_norm_eps,
         rms_layer_norm_eps=lm.rms_norm_eps, rope=True, block_type='llama',
         activation_type='silu', layer_norm_type='rms', weight_tying=False, include_bias=False,
         attention_layer_norm=False, input_emb_norm=False, scale_logits=False,
