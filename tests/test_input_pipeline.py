@@ -475,6 +475,44 @@ def test_hosts_get_disjoint_shards_that_cover_the_records():
                            process_index=3, process_count=3)
 
 
+def test_curriculum_stages_come_first_for_their_batches_on_any_number_of_hosts():
+  class Offset(IndexSource):  # stage k's records are 100 * k + i
+    def __init__(self, size, offset):
+      super().__init__(size)
+      self.offset = offset
+
+    def __getitem__(self, index):
+      return super().__getitem__(self.offset + index)
+
+  def run(process_index=0, process_count=1, batch_size=4, **kwargs):
+    return pipeline.make_pipeline(
+        Offset(6, 0), batch_size=batch_size, seed=2, buckets=(8,),
+        stages=((Offset(3, 100), 3), (Offset(5, 200), 1)), process_index=process_index,
+        process_count=process_count, **kwargs)
+
+  iterator = iter(run())
+  batches = take(iterator, 7)
+  stage = [[i // 100 for i in indices_of([b])] for b in batches]
+  assert stage == [[1] * 4] * 3 + [[2] * 4] + [[0] * 4] * 3
+  first = indices_of(batches[:3])  # 12 records of a 3-record source: four shuffled passes
+  assert all(sorted(first[i:i + 3]) == [100, 101, 102] for i in range(0, 12, 3))
+  assert first[:3] != first[3:6] or first[3:6] != first[6:9]
+  assert sorted(indices_of(batches[4:6])[:6]) == list(range(6))  # then the task's own records
+  # Two hosts of two rows read the same global batches.
+  per_host = [take(iter(run(h, 2, batch_size=2)), 7) for h in range(2)]
+  for i, batch in enumerate(batches):
+    assert indices_of([batch]) == indices_of([per_host[0][i]]) + indices_of([per_host[1][i]])
+  # Restoring inside a stage resumes there.
+  interrupted = iter(run())
+  take(interrupted, 2)
+  restored = iter(run())
+  restored.set_state(json.loads(json.dumps(interrupted.get_state())))
+  assert indices_of(take(restored, 5)) == indices_of(batches[2:])
+  with pytest.raises(ValueError, match='at least one batch'):
+    pipeline.make_pipeline(IndexSource(4), batch_size=2, seed=0, buckets=(8,),
+                           stages=((IndexSource(4), 0),), **one_host())
+
+
 # Bad videos, checkpointable state.
 
 @pytest.fixture(scope='module')

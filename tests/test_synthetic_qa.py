@@ -197,3 +197,54 @@ def test_default_sizes_give_disjoint_splits():
       total += 1
   assert total == 2000 + 200 + 200
   assert all(len(splits_) == 1 for splits_ in owners.values())
+
+
+@pytest.mark.parametrize('scale', [2, 4])
+def test_bigger_objects_keep_the_layout_and_answers_that_follow_from_the_pixels(scale):
+  sizes = {'train': 24, 'validation': 6, 'test': 6}
+  draw = lambda s: list(qa.split_examples(3, 'train', sizes, num_frames=16, size=SIZE,
+                                          object_scale=s))
+  scaled, plain = draw(scale), draw(1)
+  checks = (test_count_is_the_number_of_coloured_blobs, test_ball_ends_nearest_the_answered_side,
+            test_the_square_that_moved_left_is_the_answer,
+            test_the_colour_that_appeared_first_is_the_answer,
+            test_middle_event_evidence_is_only_in_the_middle,
+            test_end_event_evidence_is_only_in_the_last_quarter)
+  for check in checks:
+    check({'train': scaled})
+  for big, small in zip(scaled, plain):
+    assert (big['id'], big['question_type'], big['answer']) == (
+        small['id'], small['question_type'], small['answer'])
+    painted = lambda e: np.any(e['video'] != qa.BACKGROUND, axis=-1).sum()
+    assert painted(big) > 1.9 * painted(small), big['question_type']
+  flashes = [e for e in scaled if e['question_type'].endswith('_event')]
+  if scale == 4:  # the flash fills the frame
+    assert all(np.all(e['video'][-1] == qa.COLOURS[e['answer']]) for e in flashes
+               if e['question_type'] == 'end_event')
+  with pytest.raises(ValueError, match='object_scale must be at least 1'):
+    qa.SyntheticVideoQaConfig(name='smaller', object_scale=0.5)
+
+
+def test_a_training_curriculum_reads_its_big_object_stage_first(tmp_path):
+  from vidlada_jax.config import model_config
+  from vidlada_jax.fixtures import demo_tokenizer
+  from vidlada_jax.training import data as data_lib
+
+  data = dict(source='synthetic_video_qa', video_qa=dict(config='default', train_size=12),
+              stages=(dict(steps=1, video_qa=dict(object_scale=4.0, train_size=6)),),
+              tokenizer='demo', num_frames=16, buckets=(112,), worker_count=0,
+              time_instruction=False, no_think=True)
+  assert data_lib.merged(data, data['stages'][0])['video_qa'] == dict(
+      config='default', train_size=6, object_scale=4.0)
+  iterator = data_lib.make_iterator(data, demo_tokenizer(), model_config('demo'),
+                                    per_host_batch=6, seed=0, workdir=tmp_path)
+  painted = lambda batch: int((np.abs(batch['frames'].astype(int) - qa.BACKGROUND).max(-1)
+                               > 30).sum())
+  stage, task = next(iterator), next(iterator)
+  assert painted(stage) > 2 * painted(task)
+  assert sorted(p.name for p in (tmp_path / 'synthetic_video_qa').iterdir()) == [
+      'default-train12-x1', 'default-train6-x4']
+  with pytest.raises(ValueError, match=r'stages\[0\] needs a positive `steps`'):
+    data_lib.make_iterator(dict(data, stages=(dict(video_qa=dict(object_scale=2.0)),)),
+                           demo_tokenizer(), model_config('demo'), per_host_batch=6, seed=0,
+                           workdir=tmp_path)

@@ -12,7 +12,8 @@ same order whatever the number of hosts, and each host decodes only its own) ->
 decode + tokenize + label + fit to the largest bucket (lazily, in the worker processes when
 `worker_count > 0`, via `mp_prefetch`) -> drop and count skipped records (main process) ->
 `batch` with `collate_to_bucket`. Batching happens after `mp_prefetch`, so the batches do not
-depend on `worker_count`.
+depend on `worker_count`. A curriculum's earlier `stages` (other sources, each for a number of
+global batches) come before the shuffled source, each shuffled and repeated the same way.
 
 Batches: `input_ids`, `labels` int32 [B, L] with L the smallest bucket that holds the batch's
 longest text (EOS-padded, SPEC 3), `frames` uint8 [B, N, S, S, 3] (normalise on device with
@@ -43,8 +44,10 @@ steps on `num_epochs=None` instead.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
+import sys
 from typing import Any, Sequence
 
 import grain
@@ -157,8 +160,8 @@ def make_pipeline(records_or_source, *, batch_size: int, seed: int, buckets: Seq
                   drop_remainder: bool = True, tokenizer: Tokenizer | None = None,
                   num_frames: int | None = None, image_size: int | None = None,
                   pad_id: int = TokenIds().eos, image_id: int = TokenIds().image,
-                  process_index: int | None = None,
-                  process_count: int | None = None) -> grain.IterDataset:
+                  process_index: int | None = None, process_count: int | None = None,
+                  stages: Sequence[tuple[Any, int]] = ()) -> grain.IterDataset:
   """This host's training batches, as a grain dataset (`iter()` it for a checkpointable iterator).
 
   Args:
@@ -179,6 +182,10 @@ def make_pipeline(records_or_source, *, batch_size: int, seed: int, buckets: Seq
     pad_id, image_id: the EOS padding id and the `<image>` placeholder id.
     process_index, process_count: this host and the number of hosts; default
       `jax.process_index()`, `jax.process_count()`.
+    stages: a curriculum's earlier stages, `(source, num_batches)` pairs read in order before
+      `records_or_source`: the first `num_batches` global batches come from the first source
+      (shuffled and repeated as needed), and so on. `num_epochs` counts the last source's
+      passes.
   """
   source = records_or_source
   if isinstance(source, (list, tuple)) and source and isinstance(source[0], VideoRecord):
@@ -198,13 +205,23 @@ def make_pipeline(records_or_source, *, batch_size: int, seed: int, buckets: Seq
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} is not in [0, {process_count})')
 
-  dataset = grain.MapDataset.source(source)
-  if len(dataset) < process_count:
-    raise ValueError(f'{source!r} has {len(dataset)} records, fewer than the {process_count} '
-                     'hosts')
-  if shuffle:
-    dataset = dataset.shuffle(seed=seed)
-  dataset = _HostBlocks(dataset.repeat(num_epochs), batch_size, process_index, process_count)
+  def ordered(source) -> grain.MapDataset:
+    dataset = grain.MapDataset.source(source)
+    if len(dataset) < process_count:
+      raise ValueError(f'{source!r} has {len(dataset)} records, fewer than the {process_count} '
+                       'hosts')
+    return dataset.shuffle(seed=seed) if shuffle else dataset
+
+  global_batch = batch_size * process_count
+  earlier = []
+  for stage_source, num_batches in stages:
+    if num_batches < 1:
+      raise ValueError(f'a stage must last at least one batch, got {num_batches}')
+    earlier.append(ordered(stage_source).repeat(None)[:num_batches * global_batch])
+  dataset = ordered(source).repeat(num_epochs)
+  if earlier:
+    dataset = _Stages([*earlier, dataset])
+  dataset = _HostBlocks(dataset, batch_size, process_index, process_count)
   dataset = dataset.map(
       functools.partial(fit_to_length, max_length=buckets[-1], image_id=image_id))
   threads = max(read_threads, 0)
@@ -241,6 +258,28 @@ class _HostBlocks(grain.MapDataset):
 
   def __str__(self) -> str:
     return f'HostBlocks(block={self._block}, host={self._index} of {self._count})'
+
+
+class _Stages(grain.MapDataset):
+  """The records of each parent in turn: all but the last are finite (whole global batches),
+  the last may repeat forever. Unlike `MapDataset.concatenate` it neither needs a finite last
+  parent nor starts the parents over when it is read past its end."""
+
+  def __init__(self, parents: Sequence[grain.MapDataset]):
+    super().__init__(list(parents))
+    self._starts = np.cumsum([0] + [len(p) for p in parents[:-1]]).tolist()
+
+  def __len__(self) -> int:
+    return min(self._starts[-1] + len(self._parents[-1]), sys.maxsize)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    stage = bisect.bisect_right(self._starts, index) - 1
+    return self._parents[stage][index - self._starts[stage]]
+
+  def __str__(self) -> str:
+    return f'Stages(starts={self._starts})'
 
 
 def _parse_absl_flags_if_unparsed() -> None:

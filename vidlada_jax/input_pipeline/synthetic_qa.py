@@ -24,6 +24,7 @@ registered, and `code_path` is overridden.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import io
@@ -96,8 +97,12 @@ def colour_options(rng: np.random.Generator, answer: str, also_present: Sequence
   return [answer] + distractors[:3]
 
 
-def colour_moved_left(rng, num_frames, size):
-  side = size // 8
+# Each renderer draws its objects `scale` times their task size (up to what the layout holds):
+# the early stages of the demo model's curriculum (configs/demo.py) use big objects, which a
+# model learns to find before it learns to find the task's small ones.
+
+def colour_moved_left(rng, num_frames, size, scale=1.0):
+  side = min(round(size // 8 * scale), size // 4)  # three lanes hold squares up to size/4
   colours = pick_colours(rng, 3)
   mover = int(rng.integers(3))
   rows = [size // 8, size // 2 - side // 2, size - size // 8 - side]  # one lane each
@@ -119,36 +124,43 @@ def colour_moved_left(rng, num_frames, size):
   return frames, answer, colour_options(rng, answer, colours)
 
 
-def grid_cells(rng, count, size):
-  """`count` distinct cells of a 4x4 grid, as (top, left) of a size/8 square inside each."""
+def grid_side(size, scale):
+  """The side of the squares in `grid_cells`: size/8, scaled up to a whole cell."""
+  return min(round(size // 8 * scale), size // 4)
+
+
+def grid_cells(rng, count, size, side):
+  """`count` distinct cells of a 4x4 grid, as (top, left) of a `side` square centred in each."""
   cell = size // 4
+  offset = (cell - side) // 2
   chosen = rng.choice(16, size=count, replace=False)
-  return [(int(i) // 4 * cell + cell // 4, int(i) % 4 * cell + cell // 4) for i in chosen]
+  return [(int(i) // 4 * cell + offset, int(i) % 4 * cell + offset) for i in chosen]
 
 
-def count_objects(rng, num_frames, size):
+def count_objects(rng, num_frames, size, scale=1.0):
   count = int(rng.integers(1, 5))
   colours = pick_colours(rng, count)
+  side = grid_side(size, scale)
   frames = blank_clip(num_frames, size)
-  for (top, left), colour in zip(grid_cells(rng, count, size), colours):
-    frames[:, top:top + size // 8, left:left + size // 8] = COLOURS[colour]
+  for (top, left), colour in zip(grid_cells(rng, count, size, side), colours):
+    frames[:, top:top + side, left:left + side] = COLOURS[colour]
   return frames, str(count), ['1', '2', '3', '4']
 
 
-def appeared_first(rng, num_frames, size):
+def appeared_first(rng, num_frames, size, scale=1.0):
   colours = pick_colours(rng, 3)
-  side = size // 8
+  side = grid_side(size, scale)
   # Appearance frames strictly increase, so exactly one colour is first.
   starts = sorted(int(s) for s in rng.choice(np.arange(0, num_frames * 3 // 4), size=3,
                                                 replace=False))
   frames = blank_clip(num_frames, size)
-  for (top, left), colour, start in zip(grid_cells(rng, 3, size), colours, starts):
+  for (top, left), colour, start in zip(grid_cells(rng, 3, size, side), colours, starts):
     frames[start:, top:top + side, left:left + side] = COLOURS[colour]
   return frames, colours[0], colour_options(rng, colours[0], colours)
 
 
-def ball_end(rng, num_frames, size):
-  radius = size / 16
+def ball_end(rng, num_frames, size, scale=1.0):
+  radius = size / 16 * min(scale, 2.0)  # a bigger ball leaves too little room to travel
   answer = str(rng.choice(SIDES))
   near, far, middle = radius + 2, size - 1 - radius - 2, (size - 1) / 2
   wobble = lambda: float(rng.uniform(size * 0.35, size * 0.65))
@@ -165,10 +177,14 @@ def ball_end(rng, num_frames, size):
   return frames, answer, list(SIDES)
 
 
-def flash_clip(rng, num_frames, size, flash_frames: range):
+def flash_clip(rng, num_frames, size, flash_frames: range, scale=1.0):
   colour = pick_colours(rng, 1)[0]
-  side = size // 4
-  top, left = (int(v) for v in rng.integers(side // 2, size - side - side // 2, size=2))
+  side = min(round(size // 4 * scale), size)
+  low, high = side // 2, size - side - side // 2  # a margin of half a side
+  if high > low:
+    top, left = (int(v) for v in rng.integers(low, high, size=2))
+  else:  # too big for the margin: centred (at 4x it is the whole frame)
+    top = left = (size - side) // 2
   frames = blank_clip(num_frames, size)
   frames[:, top:top + side, left:left + side] = NEUTRAL_SQUARE
   frames[flash_frames.start:flash_frames.stop, top:top + side, left:left + side] = COLOURS[colour]
@@ -185,12 +201,12 @@ def last_frames(num_frames: int) -> range:
   return range(num_frames - max(num_frames // 4, 1), num_frames)
 
 
-def middle_event(rng, num_frames, size):
-  return flash_clip(rng, num_frames, size, middle_frames(num_frames))
+def middle_event(rng, num_frames, size, scale=1.0):
+  return flash_clip(rng, num_frames, size, middle_frames(num_frames), scale)
 
 
-def end_event(rng, num_frames, size):
-  return flash_clip(rng, num_frames, size, last_frames(num_frames))
+def end_event(rng, num_frames, size, scale=1.0):
+  return flash_clip(rng, num_frames, size, last_frames(num_frames), scale)
 
 
 RENDERERS: Mapping[str, Callable] = {
@@ -201,14 +217,15 @@ RENDERERS: Mapping[str, Callable] = {
 
 
 def make_example(seed: int, split: str, index: int, *, num_frames: int, size: int,
-                 attempt: int = 0) -> dict[str, Any]:
+                 attempt: int = 0, object_scale: float = 1.0) -> dict[str, Any]:
   """One example as numpy/str values (frames [F, size, size, 3] uint8), from its seed alone.
 
-  `attempt` redraws it (see `split_examples`).
+  `attempt` redraws it (see `split_examples`); `object_scale` draws its objects bigger (see the
+  renderers).
   """
   rng = np.random.default_rng([seed, SPLIT_NUMBERS[split], index, attempt])
   question_type = QUESTION_TYPES[index % len(QUESTION_TYPES)]  # every type, evenly
-  frames, answer, options = RENDERERS[question_type](rng, num_frames, size)
+  frames, answer, options = RENDERERS[question_type](rng, num_frames, size, object_scale)
   options = [str(o) for o in rng.permutation(options)]
   return {'id': f'{split}_{index:05d}', 'video': frames, 'question': QUESTIONS[question_type],
           'question_type': question_type, 'answer': answer, 'options': options,
@@ -222,25 +239,29 @@ def fingerprint(example: Mapping[str, Any]) -> bytes:
 
 
 def split_examples(seed: int, split: str, split_sizes: Mapping[str, int], *, num_frames: int,
-                   size: int) -> Iterator[dict[str, Any]]:
+                   size: int, object_scale: float = 1.0) -> Iterator[dict[str, Any]]:
   """The examples of `split`, none with the video and question of an example in another split.
 
   Disjoint seeds are not enough: some types have few distinct clips (one square of 6 colours in
   16 cells), so at the default sizes a few dozen would repeat across splits. Splits earlier in
   `DEDUPLICATION_ORDER` are kept as drawn; later ones redraw (next `attempt`) any example that
-  repeats an earlier split's. Repeats inside one split are allowed.
+  repeats an earlier split's. Repeats inside one split are allowed. The earlier splits are
+  drawn at the task's own object size whatever `object_scale` is: a split of bigger objects
+  (a curriculum stage) still leaves out the evaluation splits' clips' layouts.
   """
   earlier = DEDUPLICATION_ORDER[:DEDUPLICATION_ORDER.index(split)]
   taken = {fingerprint(example) for other in earlier
            for example in split_examples(seed, other, split_sizes, num_frames=num_frames,
                                          size=size)}
+  draw = functools.partial(make_example, seed, split, num_frames=num_frames, size=size)
   for index in range(split_sizes[split]):
     attempt = 0
-    example = make_example(seed, split, index, num_frames=num_frames, size=size)
+    example = draw(index)
     while fingerprint(example) in taken:
       attempt += 1
-      example = make_example(seed, split, index, num_frames=num_frames, size=size,
-                             attempt=attempt)
+      example = draw(index, attempt=attempt)
+    if object_scale != 1:
+      example = draw(index, attempt=attempt, object_scale=object_scale)
     yield example
 
 
@@ -254,20 +275,25 @@ def encode_png(frame: np.ndarray) -> bytes:
 
 
 class SyntheticVideoQaConfig(tfds.core.BuilderConfig):
-  """Clip length and size, split sizes and the seed (all part of the dataset's identity)."""
+  """Clip length and size, split sizes, the seed and the object scale (all part of the
+  dataset's identity). `object_scale` > 1 draws every split's objects bigger (a curriculum's
+  early stages, see `make_example`)."""
 
   def __init__(self, *, name: str, num_frames: int = 16, image_size: int = 64,
                train_size: int = 2000, validation_size: int = 200, test_size: int = 200,
-               seed: int = 0, **kwargs):
+               seed: int = 0, object_scale: float = 1.0, **kwargs):
     if image_size % 2 or image_size < 32:
       raise ValueError(f'image_size must be even (mp4 export) and >= 32, got {image_size}')
     if num_frames < 8:
       raise ValueError(f'num_frames must be at least 8, got {num_frames}')
+    if not object_scale >= 1:
+      raise ValueError(f'object_scale must be at least 1, got {object_scale}')
     super().__init__(name=name, **kwargs)
     self.num_frames = num_frames
     self.image_size = image_size
     self.split_sizes = {'train': train_size, 'validation': validation_size, 'test': test_size}
     self.seed = seed
+    self.object_scale = float(object_scale)
 
 
 class SyntheticVideoQa(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -312,7 +338,8 @@ class SyntheticVideoQa(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, split: str):
     config = self.builder_config
     for example in split_examples(config.seed, split, config.split_sizes,
-                                  num_frames=config.num_frames, size=config.image_size):
+                                  num_frames=config.num_frames, size=config.image_size,
+                                  object_scale=config.object_scale):
       example['video'] = [encode_png(frame) for frame in example['video']]
       yield example['id'], example
 
@@ -402,6 +429,8 @@ def export_split(root: str | os.PathLike, split: str,
   if isinstance(config, str):
     config = named_config(config)
   examples = split_examples(config.seed, split, config.split_sizes, num_frames=config.num_frames,
-                            size=config.image_size)
-  return export_videos(examples, root,
-                       progress=f'synthetic_video_qa/{config.name} {split}' if progress else None)
+                            size=config.image_size, object_scale=config.object_scale)
+  label = f'synthetic_video_qa/{config.name} {split}'
+  if config.object_scale != 1:
+    label += f' (objects x{config.object_scale:g})'
+  return export_videos(examples, root, progress=label if progress else None)

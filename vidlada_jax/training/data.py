@@ -11,7 +11,8 @@ The `data` section:
     mixture         the mixture YAML ('mixture')
     array_record    the pre-decoded set's directory ('array_record')
     synthetic_clips clips to generate ('synthetic')
-    video_qa        {config, train_size} of the task's builder config ('synthetic_video_qa')
+    video_qa        {config, train_size, object_scale} of the task's builder config
+                    ('synthetic_video_qa')
     tokenizer       a tokenizer.json or checkpoint directory, or 'tiny' / 'demo'
                     (`fixtures.tiny_tokenizer`, `fixtures.demo_tokenizer`)
     system, time_instruction, no_think
@@ -21,11 +22,13 @@ The `data` section:
     buckets         text lengths a batch is padded to (the step compiles once per bucket)
     worker_count    decoding processes per host (grain); 0 decodes in the training process
     seed            shuffle seed (default: the train seed)
+    stages          a curriculum's earlier stages: dicts of `steps` and the keys of this section
+                    that change for those steps (e.g. `video_qa.object_scale`), read in order
+                    before the section itself, which serves the rest of the run
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -55,35 +58,57 @@ def load_tokenizer(data: dict[str, Any], workdir: Path):
 def make_iterator(data: dict[str, Any], tokenizer, model: ModelConfig, *, per_host_batch: int,
                   seed: int, workdir: Path):
   """This host's checkpointable batch iterator (a grain `DatasetIterator`)."""
-  source_kind = data.get('source', 'mixture')
-  if source_kind not in SOURCES:
-    raise ValueError(f'config.data.source must be one of {SOURCES}, got {source_kind!r}')
   if model.vision is None:
     raise ValueError('training needs a model with a vision tower (the data are videos)')
-  num_frames = int(data['num_frames'])
-  image_size = model.vision.image_size
-  if source_kind == 'array_record':
-    source = input_pipeline.ArrayRecordSource(data['array_record'])
-  else:
-    if source_kind == 'synthetic':
-      mixture = _synthetic_mixture(data, Path(workdir), num_frames, seed)
-    elif source_kind == 'synthetic_video_qa':
-      mixture = _synthetic_video_qa_mixture(data, Path(workdir))
-    else:
-      mixture = data['mixture']
-    records = input_pipeline.load_mixture(mixture, seed=int(data.get('seed', seed)))
-    defaults = input_pipeline.PromptFormat()
-    prompt = input_pipeline.PromptFormat(
-        system=data.get('system') or defaults.system,
-        time_instruction=bool(data.get('time_instruction', defaults.time_instruction)),
-        no_think=bool(data.get('no_think', defaults.no_think)), tokens=model.tokens)
-    source = input_pipeline.VideoSource(records, tokenizer, num_frames=num_frames,
-                                        image_size=image_size, prompt=prompt)
+  stages = []
+  for number, stage in enumerate(data.get('stages') or ()):
+    stage = dict(stage)
+    if int(stage.get('steps') or 0) < 1:
+      raise ValueError(f'config.data.stages[{number}] needs a positive `steps`, got {stage}')
+    stages.append((_source(merged(data, stage), tokenizer, model, seed=seed, workdir=workdir),
+                   int(stage['steps'])))
   dataset = input_pipeline.make_pipeline(
-      source, batch_size=per_host_batch, seed=int(data.get('seed', seed)),
+      _source(data, tokenizer, model, seed=seed, workdir=workdir), stages=stages,
+      batch_size=per_host_batch, seed=int(data.get('seed', seed)),
       buckets=tuple(data['buckets']), worker_count=int(data.get('worker_count', 0)),
       pad_id=model.tokens.eos, image_id=model.tokens.image)
   return iter(dataset)
+
+
+def merged(data: dict[str, Any], stage: dict[str, Any]) -> dict[str, Any]:
+  """The data section with a stage's keys in place (nested sections merged key by key)."""
+  out = {k: v for k, v in data.items() if k != 'stages'}
+  for key, value in stage.items():
+    if key == 'steps':
+      continue
+    if isinstance(value, dict) and isinstance(out.get(key), dict):
+      value = {**out[key], **value}
+    out[key] = value
+  return out
+
+
+def _source(data: dict[str, Any], tokenizer, model: ModelConfig, *, seed: int, workdir: Path):
+  """The random-access source one data section describes."""
+  source_kind = data.get('source', 'mixture')
+  if source_kind not in SOURCES:
+    raise ValueError(f'config.data.source must be one of {SOURCES}, got {source_kind!r}')
+  if source_kind == 'array_record':
+    return input_pipeline.ArrayRecordSource(data['array_record'])
+  num_frames = int(data['num_frames'])
+  if source_kind == 'synthetic':
+    mixture = _synthetic_mixture(data, Path(workdir), num_frames, seed)
+  elif source_kind == 'synthetic_video_qa':
+    mixture = _synthetic_video_qa_mixture(data, Path(workdir))
+  else:
+    mixture = data['mixture']
+  records = input_pipeline.load_mixture(mixture, seed=int(data.get('seed', seed)))
+  defaults = input_pipeline.PromptFormat()
+  prompt = input_pipeline.PromptFormat(
+      system=data.get('system') or defaults.system,
+      time_instruction=bool(data.get('time_instruction', defaults.time_instruction)),
+      no_think=bool(data.get('no_think', defaults.no_think)), tokens=model.tokens)
+  return input_pipeline.VideoSource(records, tokenizer, num_frames=num_frames,
+                                    image_size=model.vision.image_size, prompt=prompt)
 
 
 def common_text_length(host: dict[str, np.ndarray], pad_id: int) -> dict[str, np.ndarray]:
@@ -120,16 +145,24 @@ def _synthetic_mixture(data: dict[str, Any], workdir: Path, num_frames: int, see
 
 def _synthetic_video_qa_mixture(data: dict[str, Any], workdir: Path) -> Path:
   """The task's train split as mp4s in the work directory: written once (by the first
-  process), reused when the run resumes."""
+  process), reused when the run resumes. Each variant (train size, object scale) has its own
+  directory."""
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   from vidlada_jax.input_pipeline import synthetic_qa  # pylint: disable=g-import-not-at-top
 
   task = dict(data.get('video_qa') or {})
-  config = synthetic_qa.named_config(task.get('config', 'default'))
-  if task.get('train_size'):
-    config = copy.copy(config)
-    config.split_sizes = dict(config.split_sizes, train=int(task['train_size']))
-  root = workdir / 'synthetic_video_qa'
+  unknown = set(task) - {'config', 'train_size', 'object_scale'}
+  if unknown:
+    raise ValueError(f'config.data.video_qa takes config, train_size and object_scale; '
+                     f'unknown: {", ".join(sorted(unknown))}')
+  named = synthetic_qa.named_config(task.get('config', 'default'))
+  config = synthetic_qa.SyntheticVideoQaConfig(
+      name=named.name, num_frames=named.num_frames, image_size=named.image_size,
+      train_size=int(task.get('train_size') or named.split_sizes['train']),
+      validation_size=named.split_sizes['validation'], test_size=named.split_sizes['test'],
+      seed=named.seed, object_scale=float(task.get('object_scale') or 1))
+  root = (workdir / 'synthetic_video_qa'
+          / f'{config.name}-train{config.split_sizes["train"]}-x{config.object_scale:g}')
   mixture = root / 'mixture.yaml'
   if jax.process_index() == 0 and not mixture.exists():
     synthetic_qa.export_split(root, 'train', config)
