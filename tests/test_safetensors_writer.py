@@ -55,3 +55,39 @@ def test_wrong_or_missing_tensors_are_errors(tmp_path):
   writer.write('a', np.zeros(2, np.float32))
   with pytest.raises(ValueError, match=r"never written: \['b'\]"):
     writer.close()
+
+
+def test_direct_reads_row_streamed_transposes_and_aligned_buffers(tmp_path):
+  from vidlada_jax.hf import layouts
+  from vidlada_jax.hf.safetensors_io import ALIGNMENT, SafetensorsCheckpoint, aligned_empty
+  from vidlada_jax.loading import TensorReader
+
+  rng = np.random.default_rng(1)
+  weight = rng.normal(size=(300, 70)).astype(ml_dtypes.bfloat16)  # a Linear weight [out, in]
+  bias = rng.normal(size=(300,)).astype(np.float32)
+  writer = ShardedSafetensorsWriter(tmp_path, [spec('w', (300, 70), 'BF16'), spec('b', (300,))],
+                                    max_shard_bytes=10**9)
+  writer.write('w', weight)
+  writer.write('b', bias)
+  writer.close()
+  with SafetensorsCheckpoint(tmp_path) as tensors:
+    np.testing.assert_array_equal(tensors.read('b'), bias)
+    part = np.empty((2, 70), ml_dtypes.bfloat16)
+    tensors.read_into('w', part, first=70 * 5)  # rows 5 and 6
+    assert part.view(np.uint16).tolist() == weight[5:7].view(np.uint16).tolist()
+    with pytest.raises(ValueError, match='cannot read elements from 20930'):
+      tensors.read_into('w', part, first=300 * 70 - 70)
+    with pytest.raises(ValueError, match='cannot read'):
+      tensors.read_into('w', np.empty((2, 70), np.float32))
+    linear = layouts.TensorMap('kernel', 'w', layouts.Linear())
+    reader = TensorReader(tensors)
+    reader.SCRATCH_BYTES = 70 * 2 * 64  # 64-row blocks: the last one is short
+    for dtype in (ml_dtypes.bfloat16, np.float32):
+      out = aligned_empty((70, 300), dtype)
+      assert out.ctypes.data % ALIGNMENT == 0 and out.flags.c_contiguous
+      reader.read(linear, 'w', out)
+      # The transpose of the stored weight, converted as numpy converts it, bit for bit.
+      expected = np.asarray(weight.T, dtype)
+      assert out.view(f'u{out.itemsize}').tolist() == expected.view(f'u{out.itemsize}').tolist()
+  big = aligned_empty((1 << 20,), np.float32)  # a huge-page mapping
+  assert big.ctypes.data % ALIGNMENT == 0 and big.flags.writeable

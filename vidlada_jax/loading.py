@@ -4,6 +4,11 @@ The whole checkpoint is validated from its headers first (every parameter accoun
 unexpected tensor, every shape right); then parameters are built one at a time: the tensor(s) of
 one parameter are read, converted to our layout and dtype into one host buffer, and placed straight
 into that parameter's sharding. At no point is more than one parameter held twice.
+
+Copies are counted: a tensor our layout keeps as stored (embeddings, norms, biases) is read from
+the page cache straight into its place in the parameter's buffer; one that is transposed (every
+`Linear`) is read into a reused scratch buffer and transposed into place. The buffer is page
+aligned, so on the host platform placing it on the device adopts it without a copy.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from vidlada_jax.config import ModelConfig, Runtime
 from vidlada_jax.hf import config as hf_config
 from vidlada_jax.hf import layouts
 from vidlada_jax.hf.safetensors_io import (FLOAT_DTYPES, CheckpointError, SafetensorsCheckpoint,
-                                           numpy_dtype)
+                                           aligned_empty, numpy_dtype)
 from vidlada_jax.params import abstract_model, flat_params, map_params
 from vidlada_jax.vidlada import VidLaDA
 
@@ -93,6 +98,7 @@ class LoadPlan:
           f'checkpoint {tensors.directory} ({layout} layout) does not match the model its '
           'config.json describes:\n  ' + '\n  '.join(errors))
     self.tensors = tensors
+    self.reader = TensorReader(tensors)
     self.entries = {entry.param: entry for entry in self.table}
 
   def num_layers(self, entry: layouts.TensorMap) -> int:
@@ -117,32 +123,57 @@ class LoadPlan:
     """One parameter, read and converted on the host, then placed in `sharding` (each process
     puts only its own shards on its devices); the host copy is dropped on return."""
     entry = self.entries[param]
-    value = assemble(self.tensors, entry, self.params[param].shape, dtype, self.num_layers(entry))
+    value = aligned_empty(self.params[param].shape, dtype)
+    names = entry.source_names(self.num_layers(entry))
+    for i, name in enumerate(names):
+      self.reader.read(entry, name, value[i] if entry.stacked else value)
     return sharding_lib.host_local_array(value, sharding)
 
   def place_layer(self, param: str, layer: int, dtype, sharding) -> jax.Array:
     """Layer `layer` of a stacked parameter alone: one checkpoint tensor."""
     entry = self.entries[param]
-    name = entry.source_names(self.num_layers(entry))[layer]
-    value = convert_tensor(self.tensors, entry, name, self.params[param].shape[1:], dtype)
+    value = aligned_empty(self.params[param].shape[1:], dtype)
+    self.reader.read(entry, entry.source_names(self.num_layers(entry))[layer], value)
     return sharding_lib.host_local_array(value, sharding)
 
 
-def convert_tensor(tensors: SafetensorsCheckpoint, entry: layouts.TensorMap, name: str, shape,
-                   dtype) -> np.ndarray:
-  """Checkpoint tensor `name` in our layout (`shape`) and `dtype`."""
-  return np.asarray(entry.transform.to_jax(tensors.read(name), shape), dtype)
+class TensorReader:
+  """Reads checkpoint tensors into buffers in our layout and dtype, copying each at most twice
+  (page cache -> scratch -> place) and exactly once when the layout keeps it as stored.
 
+  A `Linear` weight passes through the scratch buffer in blocks of rows of at most
+  `SCRATCH_BYTES`, so loading holds the model plus that much (a whole-tensor scratch would add
+  the 1 GB output projection of an 8B model: 1.4x a one-layer checkpoint).
+  """
 
-def assemble(tensors: SafetensorsCheckpoint, entry: layouts.TensorMap, shape, dtype,
-             num_layers: int) -> np.ndarray:
-  """The host value of one parameter in our layout and `dtype`, read tensor by tensor."""
-  if not entry.stacked:
-    return convert_tensor(tensors, entry, entry.source, shape, dtype)
-  value = np.empty(shape, dtype)
-  for i, name in enumerate(entry.source_names(num_layers)):
-    value[i] = entry.transform.to_jax(tensors.read(name), shape[1:])
-  return value
+  SCRATCH_BYTES = 64 << 20
+
+  def __init__(self, tensors: SafetensorsCheckpoint):
+    self.tensors = tensors
+    self._scratch = np.empty(0, np.uint8)  # grows to the largest block that needs it
+
+  def _scratch_array(self, shape, dtype) -> np.ndarray:
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if self._scratch.size < nbytes:
+      self._scratch = aligned_empty((nbytes,), np.uint8)
+    return self._scratch[:nbytes].view(dtype).reshape(shape)
+
+  def read(self, entry: layouts.TensorMap, name: str, out: np.ndarray) -> None:
+    """Tensor `name`, converted by `entry`'s transform, into `out` (C-contiguous)."""
+    transform, dtype, shape = entry.transform, self.tensors.dtype(name), self.tensors.info(name).shape
+    if not transform.reorders and dtype == out.dtype:
+      self.tensors.read_into(name, out)
+    elif getattr(transform, 'streams_rows', False):
+      row = int(np.prod(shape[1:]))
+      block = max(1, self.SCRATCH_BYTES // (row * dtype.itemsize))
+      for first in range(0, shape[0], block):
+        rows = self._scratch_array((min(block, shape[0] - first), *shape[1:]), dtype)
+        self.tensors.read_into(name, rows, first * row)
+        transform.into(out, rows, first)
+    else:
+      stored = self._scratch_array(shape, dtype)
+      self.tensors.read_into(name, stored)
+      transform.into(out, stored)
 
 
 def load_safetensors(
