@@ -20,17 +20,18 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
 from vidlada_jax import checkpoint as jax_checkpoint
+from vidlada_jax import orbax_io
 from vidlada_jax.hf import config as hf_config
 from vidlada_jax.hf import layouts
 from vidlada_jax.hf.safetensors_io import (CheckpointError, ShardedSafetensorsWriter, TensorSpec,
-                                           safetensors_dtype)
+                                           aligned_empty, safetensors_dtype)
 
 _DTYPES = ('bfloat16', 'float32', 'float16')
 _UNITS = {'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**12,
@@ -137,31 +138,69 @@ class ExportPlan:
   def nbytes(self) -> int:
     return sum(s.nbytes for s in self.specs)
 
-  def tensors(self) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, PyTorch-layout array) for every spec, restoring one stored array at a time."""
+  # Arrays restored per orbax call: each call has a fixed cost (tens of ms), so small tensors are
+  # read together, and memory holds at most this much beside the largest single array.
+  READ_BATCH_BYTES = 256 << 20
+
+  def reads(self) -> list[tuple[str, tuple[int, ...], np.dtype, list[tuple[str, Any, int | None]]]]:
+    """Every stored array to read, in export order: (key, shape, dtype, [(tensor name,
+    conversion, layer index or None)]) - a parameter stored whole becomes all its layers."""
+    out = []
     for entry in self.table:
       stored = self.stored[entry.param]
       dtype = self._out(stored.dtype)
       key = jax_checkpoint.param_key(entry.param)
       if not entry.stacked:
-        value = jax_checkpoint.load_host_array(self.src, key, stored.shape, dtype)
-        yield entry.source, entry.transform.to_torch(value)
-        continue
-      # Stored whole (as a training run saves it): read once, export layer by layer.
-      whole = (jax_checkpoint.load_host_array(self.src, key, stored.shape, dtype)
-               if stored.layers is None else None)
-      for i, name in enumerate(self._names(entry)):
-        if whole is None:
-          value = jax_checkpoint.load_host_array(
-              self.src, jax_checkpoint.param_key(jax_checkpoint.layer_key(entry.param, i)),
-              stored.shape[1:], dtype)
-        else:
-          value = whole[i]
-        yield name, entry.transform.to_torch(value)
+        out.append((key, stored.shape, dtype, [(entry.source, entry.transform, None)]))
+      elif stored.layers is None:  # stored whole (as a training run saves it)
+        out.append((key, stored.shape, dtype,
+                    [(name, entry.transform, i) for i, name in enumerate(self._names(entry))]))
+      else:
+        for i, name in enumerate(self._names(entry)):
+          out.append((jax_checkpoint.param_key(jax_checkpoint.layer_key(entry.param, i)),
+                      stored.shape[1:], dtype, [(name, entry.transform, None)]))
     for tensor, dtype_out in self.passthrough:
-      value = jax_checkpoint.load_host_array(self.src, tensor.key, tensor.shape, tensor.dtype)
-      yield tensor.name, value.astype(dtype_out, copy=False)
+      out.append((tensor.key, tensor.shape, tensor.dtype, [(tensor.name, dtype_out, None)]))
+    return out
 
+  def tensors(self) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, PyTorch-layout array) for every spec, restoring a batch of stored arrays at a time.
+    An array yielded may be a reused buffer: write it out before taking the next."""
+    scratch = np.empty(0, np.uint8)
+
+    def convert(how, value: np.ndarray) -> np.ndarray:
+      nonlocal scratch
+      if not hasattr(how, 'to_torch'):  # a passthrough tensor: `how` is its dtype
+        return value.astype(how, copy=False)
+      if not hasattr(how, 'to_torch_into'):
+        return how.to_torch(value)
+      if scratch.size < value.nbytes:
+        scratch = aligned_empty((value.nbytes,), np.uint8)
+      out = scratch[:value.nbytes].view(value.dtype).reshape(how.to_torch(value).shape)
+      how.to_torch_into(out, value)  # a striped transpose, not numpy's strided copy
+      return out
+
+    for batch in _batches(self.reads(), self.READ_BATCH_BYTES):
+      values = orbax_io.load(self.src, {key: np.empty(shape, dtype)
+                                        for key, shape, dtype, _ in batch})
+      for key, _, _, outputs in batch:
+        value = values.pop(key)
+        for name, how, layer in outputs:
+          yield name, convert(how, value if layer is None else value[layer])
+
+
+def _batches(reads, limit: int):
+  """Consecutive reads grouped up to `limit` bytes (a larger one alone)."""
+  batch, size = [], 0
+  for read in reads:
+    nbytes = int(np.prod(read[1])) * np.dtype(read[2]).itemsize
+    if batch and size + nbytes > limit:
+      yield batch
+      batch, size = [], 0
+    batch.append(read)
+    size += nbytes
+  if batch:
+    yield batch
 
 def export(src, dst, *, layout: str | None = None, max_shard_size: str = '5GB',
            dtype: str | None = None, overwrite: bool = False, progress: bool = True) -> dict:

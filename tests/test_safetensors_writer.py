@@ -89,5 +89,8 @@ def test_direct_reads_row_streamed_transposes_and_aligned_buffers(tmp_path):
       # The transpose of the stored weight, converted as numpy converts it, bit for bit.
       expected = np.asarray(weight.T, dtype)
       assert out.view(f'u{out.itemsize}').tolist() == expected.view(f'u{out.itemsize}').tolist()
+      back = np.empty((300, 70), dtype)  # and back to the PyTorch layout
+      layouts.Linear().to_torch_into(back, out)
+      assert back.tolist() == np.asarray(weight, dtype).tolist()
   big = aligned_empty((1 << 20,), np.float32)  # a huge-page mapping
   assert big.ctypes.data % ALIGNMENT == 0 and big.flags.writeable

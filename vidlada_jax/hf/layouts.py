@@ -47,9 +47,15 @@ def _bits(array: np.ndarray) -> np.ndarray:
 
 
 @functools.cache
+def _transpose_workers() -> int:
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+  return max(1, min(8, cores or 1))
+
+
+@functools.cache
 def _transpose_pool() -> concurrent.futures.ThreadPoolExecutor:
-  return concurrent.futures.ThreadPoolExecutor(
-      max(1, min(8, len(os.sched_getaffinity(0)))), thread_name_prefix='transpose')
+  return concurrent.futures.ThreadPoolExecutor(_transpose_workers(),
+                                               thread_name_prefix='transpose')
 
 
 def copy_cast(out: np.ndarray, value: np.ndarray) -> None:
@@ -58,6 +64,30 @@ def copy_cast(out: np.ndarray, value: np.ndarray) -> None:
     np.copyto(_bits(out), _bits(value))
   else:
     np.copyto(out, value, casting='unsafe')
+
+
+# Rows of the source transposed per copy: the stripe's source rows stay in the L1 cache while each
+# destination row gets 64 contiguous elements (about 5x a plain `source.T` copy here).
+STRIPE = 64
+
+
+def transpose_into(out: np.ndarray, source: np.ndarray) -> None:
+  """`out[...] = source.T` for 2-D arrays (cast to `out`'s dtype), in stripes of `STRIPE`
+  source rows; numpy copies without the GIL, so the CPU's cores take disjoint row ranges."""
+
+  def stripes(rows: range) -> None:
+    for start in range(rows.start, rows.stop, STRIPE):
+      stop = min(start + STRIPE, rows.stop)
+      copy_cast(out[:, start:stop], source[start:stop].T)
+
+  bounds = np.linspace(0, source.shape[0], _transpose_workers() + 1).astype(int)
+  bounds = bounds // STRIPE * STRIPE
+  bounds[-1] = source.shape[0]
+  ranges = [range(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+  if source.size < (1 << 20) or len(ranges) < 2:
+    stripes(range(source.shape[0]))
+  else:
+    list(_transpose_pool().map(stripes, ranges))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,9 +114,6 @@ class Linear:
   in_axes: int = 1
   reorders = True
   streams_rows = True  # `into` takes row blocks
-  # Rows of the tensor transposed per copy: the stripe's source rows stay in the L1 cache while
-  # each destination row gets 64 contiguous elements (about 5x a plain `tensor.T` copy here).
-  STRIPE = 64
 
   def torch_shape(self, shape):
     return (math.prod(shape[self.in_axes:]), math.prod(shape[:self.in_axes]))
@@ -98,22 +125,12 @@ class Linear:
     """Rows [first_row, first_row + len(tensor)) of the PyTorch weight, transposed into `out`
     (the whole parameter): a weight can be streamed through in row blocks."""
     columns = out.reshape(tensor.shape[1], -1)  # a view: `out` is contiguous
-    columns = columns[:, first_row:first_row + tensor.shape[0]]
+    transpose_into(columns[:, first_row:first_row + tensor.shape[0]], tensor)
 
-    def stripes(rows: range) -> None:
-      for start in range(rows.start, rows.stop, self.STRIPE):
-        stop = min(start + self.STRIPE, rows.stop)
-        copy_cast(columns[:, start:stop], tensor[start:stop].T)
-
-    # numpy copies without the GIL, so the CPU's cores transpose disjoint row ranges at once.
-    workers = _transpose_pool()._max_workers
-    bounds = np.linspace(0, tensor.shape[0], workers + 1).astype(int) // self.STRIPE * self.STRIPE
-    bounds[-1] = tensor.shape[0]
-    ranges = [range(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-    if tensor.size < (1 << 20) or len(ranges) < 2:
-      stripes(range(tensor.shape[0]))
-    else:
-      list(_transpose_pool().map(stripes, ranges))
+  def to_torch_into(self, out, array):
+    """`to_torch(array)` written into the C-contiguous PyTorch-shaped `out`."""
+    fan_in = math.prod(array.shape[:self.in_axes])
+    transpose_into(out.reshape(-1, fan_in), array.reshape(fan_in, -1))
 
   def to_torch(self, array):
     fan_in = math.prod(array.shape[:self.in_axes])
