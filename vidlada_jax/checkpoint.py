@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
@@ -288,15 +289,30 @@ def param_key(param: str) -> str:
   return f'{PARAMS}/{param}'
 
 
+# Layers of a stacked parameter restored per orbax call: memory holds the stacked parameter plus
+# this much (restoring all its layers before stacking them held it twice: an 8B model's MLP
+# weights are 3.7 GB each, and loading a converted 8B checkpoint ran out of 24 GB).
+LAYER_GROUP_BYTES = 512 << 20
+
+
 def read_param(path, param: str, stored: StoredParam, dtype, sharding) -> jax.Array:
   """One parameter restored into `sharding` and `dtype` (each process reads only its chunks)."""
   if stored.layers is None:
     target = jax.ShapeDtypeStruct(stored.shape, dtype, sharding=sharding)
     return orbax_io.load(path, {param_key(param): target})[param_key(param)]
   layer = jax.ShapeDtypeStruct(stored.shape[1:], dtype, sharding=without_layer_axis(sharding))
-  keys = [param_key(layer_key(param, i)) for i in range(stored.layers)]
-  pieces = orbax_io.load(path, {key: layer for key in keys})
-  return jax.jit(jnp.stack, out_shardings=sharding)([pieces[key] for key in keys])
+  per_group = max(1, LAYER_GROUP_BYTES // (math.prod(layer.shape) * np.dtype(dtype).itemsize))
+  stacked = jax.jit(lambda: jnp.zeros(stored.shape, dtype), out_shardings=sharding)()
+  # Donated, so each group of layers is written into the stacked buffer in place.
+  put = jax.jit(lambda whole, index, value: jax.lax.dynamic_update_index_in_dim(
+      whole, value, index, 0), donate_argnums=0, out_shardings=sharding)
+  for first in range(0, stored.layers, per_group):
+    keys = [param_key(layer_key(param, i))
+            for i in range(first, min(first + per_group, stored.layers))]
+    pieces = orbax_io.load(path, {key: layer for key in keys})
+    for i, key in enumerate(keys, start=first):
+      stacked = put(stacked, i, pieces.pop(key))
+  return stacked
 
 
 class ModelWriter:
