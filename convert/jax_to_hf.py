@@ -31,7 +31,7 @@ from vidlada_jax import orbax_io
 from vidlada_jax.hf import config as hf_config
 from vidlada_jax.hf import layouts
 from vidlada_jax.hf.safetensors_io import (CheckpointError, ShardedSafetensorsWriter, TensorSpec,
-                                           aligned_empty, safetensors_dtype)
+                                           Scratch, safetensors_dtype)
 
 _DTYPES = ('bfloat16', 'float32', 'float16')
 _UNITS = {'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9, 'TB': 10**12,
@@ -166,17 +166,14 @@ class ExportPlan:
   def tensors(self) -> Iterator[tuple[str, np.ndarray]]:
     """(name, PyTorch-layout array) for every spec, restoring a batch of stored arrays at a time.
     An array yielded may be a reused buffer: write it out before taking the next."""
-    scratch = np.empty(0, np.uint8)
+    scratch = Scratch()
 
     def convert(how, value: np.ndarray) -> np.ndarray:
-      nonlocal scratch
       if not hasattr(how, 'to_torch'):  # a passthrough tensor: `how` is its dtype
         return value.astype(how, copy=False)
       if not hasattr(how, 'to_torch_into'):
         return how.to_torch(value)
-      if scratch.size < value.nbytes:
-        scratch = aligned_empty((value.nbytes,), np.uint8)
-      out = scratch[:value.nbytes].view(value.dtype).reshape(how.to_torch(value).shape)
+      out = scratch.array(how.to_torch(value).shape, value.dtype)
       how.to_torch_into(out, value)  # a striped transpose, not numpy's strided copy
       return out
 

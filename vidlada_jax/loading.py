@@ -30,7 +30,7 @@ from vidlada_jax.config import ModelConfig, Runtime
 from vidlada_jax.hf import config as hf_config
 from vidlada_jax.hf import layouts
 from vidlada_jax.hf.safetensors_io import (FLOAT_DTYPES, CheckpointError, SafetensorsCheckpoint,
-                                           aligned_empty, numpy_dtype)
+                                           Scratch, aligned_empty, numpy_dtype)
 from vidlada_jax.params import abstract_model, flat_params, map_params
 from vidlada_jax.vidlada import VidLaDA
 
@@ -150,13 +150,7 @@ class TensorReader:
 
   def __init__(self, tensors: SafetensorsCheckpoint):
     self.tensors = tensors
-    self._scratch = np.empty(0, np.uint8)  # grows to the largest block that needs it
-
-  def _scratch_array(self, shape, dtype) -> np.ndarray:
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if self._scratch.size < nbytes:
-      self._scratch = aligned_empty((nbytes,), np.uint8)
-    return self._scratch[:nbytes].view(dtype).reshape(shape)
+    self._scratch = Scratch()  # grows to the largest block that needs it
 
   def read(self, entry: layouts.TensorMap, name: str, out: np.ndarray) -> None:
     """Tensor `name`, converted by `entry`'s transform, into `out` (C-contiguous)."""
@@ -167,11 +161,11 @@ class TensorReader:
       row = int(np.prod(shape[1:]))
       block = max(1, self.SCRATCH_BYTES // (row * dtype.itemsize))
       for first in range(0, shape[0], block):
-        rows = self._scratch_array((min(block, shape[0] - first), *shape[1:]), dtype)
+        rows = self._scratch.array((min(block, shape[0] - first), *shape[1:]), dtype)
         self.tensors.read_into(name, rows, first * row)
         transform.into(out, rows, first)
     else:
-      stored = self._scratch_array(shape, dtype)
+      stored = self._scratch.array(shape, dtype)
       self.tensors.read_into(name, stored)
       transform.into(out, stored)
 

@@ -62,6 +62,21 @@ def aligned_empty(shape, dtype) -> np.ndarray:
   return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
+class Scratch:
+  """One reused aligned buffer, viewed as whatever array a step needs: it grows to the largest
+  request and is never freshly allocated (and faulted in) again for smaller ones."""
+
+  def __init__(self):
+    self._buffer = np.empty(0, np.uint8)
+
+  def array(self, shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous view; valid until the next call."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if self._buffer.size < nbytes:
+      self._buffer = aligned_empty((nbytes,), np.uint8)
+    return self._buffer[:nbytes].view(dtype).reshape(shape)
+
+
 def data_offsets(path: Path) -> dict[str, int]:
   """Each tensor's absolute byte offset in a safetensors file (8-byte header length, the JSON
   header, then the data; the header was already validated by `safe_open`)."""
