@@ -151,10 +151,13 @@ def run(quick: bool, workdir: Path, lm_layers: int | None = None, repeats: int =
         (m['peak_rss_bytes'] - m['runtime_rss_bytes']) / facts['largest_tensor_bytes'])
     m['peak_over_runtime_in_checkpoints'] = (
         (m['peak_rss_bytes'] - m['runtime_rss_bytes']) / facts['checkpoint_bytes'])
+    m['ratio_to_floor'] = m['seconds'] / result['floor']['seconds']  # the floor is measured first
     result[path] = m
+    # Each row as soon as it is measured: a long run that fails later keeps what it measured.
+    runs = ', '.join(f'{t:.2f}' for t in m['all_seconds'])
+    print(f'{LABELS[path]}: {m["seconds"]:.2f} s (runs: {runs}), {m["ratio_to_floor"]:.2f}x the '
+          f'floor, peak RSS {m["peak_rss_bytes"] / 1e9:.2f} GB', file=sys.stderr, flush=True)
   result['floor_seconds'] = result['floor']['seconds']
-  for path in PATHS:
-    result[path]['ratio_to_floor'] = result[path]['seconds'] / result['floor_seconds']
   diffs = inspect.compare(inspect.open_view(workdir / 'hf'), inspect.open_view(workdir / 'back'),
                           values=True)
   result['round_trip_bit_exact'] = not diffs

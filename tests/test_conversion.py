@@ -8,13 +8,16 @@ import jax
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 import vidlada_jax as vj
 from convert import hf_to_jax, inspect, jax_to_hf
 from tests import torch_reference as ref
-from vidlada_jax import sharding
+from tests.random_models import random_model
+from vidlada_jax import checkpoint, sharding
+from vidlada_jax.params import flat_params
 
 IDS = np.array([[126080, 7, -200, 8, 9, 126336], [126080, 5, 6, -200, 126336, 126336]], np.int32)
 PIXELS = np.random.default_rng(5).uniform(-1, 1, size=(2, 1, 384, 384, 3)).astype(np.float32)
@@ -214,6 +217,23 @@ def test_restore_onto_a_different_mesh(tmp_path, combined):
   reference = vj.from_pretrained(source, dtype='float32', progress=False)
   assert ref.max_relative_error(np.asarray(model(IDS, PIXELS)),
                                 np.asarray(reference(IDS, PIXELS))) < 1e-5
+
+
+@pytest.mark.parametrize('mesh_spec', [None, 'fsdp'])
+def test_restore_in_layer_groups_is_exact(tmp_path, monkeypatch, mesh_spec):
+  """Stacked parameters restored a layer group at a time, on the host path (one device) and into
+  a mesh, hold exactly the saved values, each layer in its slot."""
+  model = random_model('tiny', seed=11, lm=dict(num_layers=3))
+  vj.save_checkpoint(model, tmp_path / 'jax')
+  monkeypatch.setattr(checkpoint, 'LAYER_GROUP_BYTES', 1)  # one layer per orbax call
+  mesh, rules = sharding.mesh_from_spec(mesh_spec) if mesh_spec else (None, None)
+  back = vj.from_pretrained(tmp_path / 'jax', mesh=mesh, rules=rules)
+  saved = flat_params(nnx.state(model, nnx.Param))
+  restored = flat_params(nnx.state(back, nnx.Param))
+  assert sorted(saved) == sorted(restored)
+  for name in saved:
+    np.testing.assert_array_equal(np.asarray(restored[name].get_value()),
+                                  np.asarray(saved[name].get_value()), err_msg=name)
 
 
 # --- Errors --------------------------------------------------------------------------------------
