@@ -151,8 +151,8 @@ def run(quick: bool, workdir: Path, lm_layers: int | None = None, repeats: int =
         (m['peak_rss_bytes'] - m['runtime_rss_bytes']) / facts['largest_tensor_bytes'])
     m['peak_over_runtime_in_checkpoints'] = (
         (m['peak_rss_bytes'] - m['runtime_rss_bytes']) / facts['checkpoint_bytes'])
-    m['ratio_to_floor'] = m['seconds'] / result['floor']['seconds']  # the floor is measured first
     result[path] = m
+    m['ratio_to_floor'] = m['seconds'] / result['floor']['seconds']  # the floor comes first
     # Each row as soon as it is measured: a long run that fails later keeps what it measured.
     runs = ', '.join(f'{t:.2f}' for t in m['all_seconds'])
     print(f'{LABELS[path]}: {m["seconds"]:.2f} s (runs: {runs}), {m["ratio_to_floor"]:.2f}x the '
