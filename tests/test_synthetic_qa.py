@@ -199,6 +199,15 @@ def test_default_sizes_give_disjoint_splits():
   assert all(len(splits_) == 1 for splits_ in owners.values())
 
 
+def test_config_replace_changes_only_what_it_names():
+  long = qa.named_config('long')
+  smaller = long.replace(train_size=5, object_scale=2)
+  assert (smaller.name, smaller.num_frames, smaller.image_size, smaller.seed) == (
+      'long', 32, long.image_size, long.seed)
+  assert smaller.split_sizes == {**long.split_sizes, 'train': 5}
+  assert smaller.object_scale == 2 and long.object_scale == 1 and long.split_sizes['train'] != 5
+
+
 @pytest.mark.parametrize('scale', [2, 4])
 def test_bigger_objects_keep_the_layout_and_answers_that_follow_from_the_pixels(scale):
   sizes = {'train': 24, 'validation': 6, 'test': 6}

@@ -295,6 +295,14 @@ class SyntheticVideoQaConfig(tfds.core.BuilderConfig):
     self.seed = seed
     self.object_scale = float(object_scale)
 
+  def replace(self, **changes) -> SyntheticVideoQaConfig:
+    """A copy with some of the constructor's arguments changed (the name stays unless given)."""
+    sizes = self.split_sizes
+    arguments = dict(name=self.name, num_frames=self.num_frames, image_size=self.image_size,
+                     train_size=sizes['train'], validation_size=sizes['validation'],
+                     test_size=sizes['test'], seed=self.seed, object_scale=self.object_scale)
+    return SyntheticVideoQaConfig(**{**arguments, **changes})
+
 
 class SyntheticVideoQa(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Procedural video QA (see the module docstring)."""

@@ -156,11 +156,8 @@ def _synthetic_video_qa_mixture(data: dict[str, Any], workdir: Path) -> Path:
     raise ValueError(f'config.data.video_qa takes config, train_size and object_scale; '
                      f'unknown: {", ".join(sorted(unknown))}')
   named = synthetic_qa.named_config(task.get('config', 'default'))
-  config = synthetic_qa.SyntheticVideoQaConfig(
-      name=named.name, num_frames=named.num_frames, image_size=named.image_size,
-      train_size=int(task.get('train_size') or named.split_sizes['train']),
-      validation_size=named.split_sizes['validation'], test_size=named.split_sizes['test'],
-      seed=named.seed, object_scale=float(task.get('object_scale') or 1))
+  config = named.replace(train_size=int(task.get('train_size') or named.split_sizes['train']),
+                         object_scale=float(task.get('object_scale') or 1))
   root = (workdir / 'synthetic_video_qa'
           / f'{config.name}-train{config.split_sizes["train"]}-x{config.object_scale:g}')
   mixture = root / 'mixture.yaml'
