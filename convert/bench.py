@@ -13,12 +13,16 @@ that every row reads from the page cache:
   floor                    every tensor of the PyTorch checkpoint read from the page cache once,
                            into memory the process keeps (as a loaded model is kept): what any
                            loader must at least do
+  write floor              as many bytes written once to a new file (from one reused buffer, not
+                           synced): what a converter must do besides reading; past the kernel's
+                           dirty-page limit (a few GB) this is the disk's write speed
   from_pretrained (torch)  `vj.from_pretrained(dir, dtype=bfloat16)` of the PyTorch checkpoint
   hf_to_jax                `convert.hf_to_jax` (writes a vidlada-jax checkpoint)
   from_pretrained (jax)    `vj.from_pretrained` of that vidlada-jax checkpoint
   jax_to_hf                `convert.jax_to_hf` back to PyTorch, checked byte-identical to the source
 
-`ratio_to_floor` is each path's seconds over the floor's. The conversions' memory claim is that
+`ratio_to_floor` is each path's seconds over the floor's; the converters also get
+`ratio_to_conversion_floor`, over the floor plus the write floor. The conversions' memory claim is that
 peak - runtime stays a small multiple of the largest tensor; `from_pretrained` holds the model, so
 its peak is compared with the checkpoint size.
 """
@@ -43,8 +47,11 @@ QUICK = dict(lm_layers=1, vision_layers=1, vocab_size=32768)
 FULL = dict(lm_layers=2, vision_layers=2, vocab_size=126464)
 
 
-PATHS = ('floor', 'from_pretrained_torch', 'hf_to_jax', 'from_pretrained_jax', 'jax_to_hf')
-LABELS = {'floor': 'floor', 'from_pretrained_torch': 'from_pretrained (torch)',
+PATHS = ('floor', 'write_floor', 'from_pretrained_torch', 'hf_to_jax', 'from_pretrained_jax',
+         'jax_to_hf')
+CONVERTERS = ('hf_to_jax', 'jax_to_hf')
+LABELS = {'floor': 'floor', 'write_floor': 'write floor',
+          'from_pretrained_torch': 'from_pretrained (torch)',
           'hf_to_jax': 'hf_to_jax', 'from_pretrained_jax': 'from_pretrained (jax)',
           'jax_to_hf': 'jax_to_hf'}
 
@@ -76,8 +83,23 @@ def read_floor(directory: str) -> list:
   return kept
 
 
+def write_floor(src: str, dst: str) -> None:
+  """As many bytes as the checkpoint in `src` has, written once into a new file in `dst` from one
+  reused buffer (see the module docstring)."""
+  remaining = sum(path.stat().st_size for path in Path(src).glob('*.safetensors'))
+  block = memoryview(bytearray(64 << 20))
+  Path(dst).mkdir(parents=True)
+  with open(Path(dst) / 'written', 'wb', buffering=0) as handle:
+    while remaining:
+      remaining -= handle.write(block[:min(remaining, len(block))])
+
+
 def _worker(path: str, src: str, dst: str) -> None:
   """Runs one path in this process and prints its measurements as JSON."""
+  if path == 'generate':  # `src` is the checkpoint's shape, as JSON
+    from convert.synthetic import write_synthetic_checkpoint
+    print(json.dumps(write_synthetic_checkpoint(dst, **json.loads(src))))
+    return
   import jax  # the runtime is part of the baseline
   import jax.numpy as jnp
 
@@ -88,6 +110,8 @@ def _worker(path: str, src: str, dst: str) -> None:
   start = time.perf_counter()
   if path == 'floor':
     kept = read_floor(src)
+  elif path == 'write_floor':
+    write_floor(src, dst)
   elif path.startswith('from_pretrained'):
     kept = vj.from_pretrained(src, dtype=jnp.bfloat16, progress=False)
     jax.block_until_ready(jax.tree.leaves(kept))
@@ -127,19 +151,24 @@ def _run_worker(path: str, src: Path, dst: Path, repeats: int) -> dict:
 
 def run(quick: bool, workdir: Path, lm_layers: int | None = None, repeats: int = 2) -> dict:
   from convert import inspect
-  from convert.synthetic import write_synthetic_checkpoint
 
   shape = dict(QUICK if quick else FULL)
   if lm_layers:
     shape['lm_layers'] = lm_layers
   start = time.perf_counter()
-  facts = write_synthetic_checkpoint(workdir / 'hf', **shape)
+  # In a child process too: a process's peak RSS starts from its parent's RSS when it was
+  # spawned, so the parent must not hold what generating the checkpoint allocated.
+  out = subprocess.run([sys.executable, '-m', 'convert.bench', '--worker', 'generate',
+                        json.dumps(shape), str(workdir / 'hf')],
+                       check=True, capture_output=True, text=True)
+  facts = json.loads(out.stdout.strip().splitlines()[-1])
   generated = time.perf_counter() - start
   result = dict(mode='quick' if quick else 'full', shape=shape,
                 checkpoint_bytes=facts['checkpoint_bytes'],
                 largest_tensor_bytes=facts['largest_tensor_bytes'],
                 generate_seconds=generated)
-  sources = {'floor': (workdir / 'hf', None), 'from_pretrained_torch': (workdir / 'hf', None),
+  sources = {'floor': (workdir / 'hf', None), 'write_floor': (workdir / 'hf', workdir / 'written'),
+             'from_pretrained_torch': (workdir / 'hf', None),
              'hf_to_jax': (workdir / 'hf', workdir / 'jax'),
              'from_pretrained_jax': (workdir / 'jax', None),
              'jax_to_hf': (workdir / 'jax', workdir / 'back')}
@@ -152,12 +181,17 @@ def run(quick: bool, workdir: Path, lm_layers: int | None = None, repeats: int =
     m['peak_over_runtime_in_checkpoints'] = (
         (m['peak_rss_bytes'] - m['runtime_rss_bytes']) / facts['checkpoint_bytes'])
     result[path] = m
-    m['ratio_to_floor'] = m['seconds'] / result['floor']['seconds']  # the floor comes first
+    m['ratio_to_floor'] = m['seconds'] / result['floor']['seconds']  # the floors come first
+    if path in CONVERTERS:
+      m['ratio_to_conversion_floor'] = m['seconds'] / (
+          result['floor']['seconds'] + result['write_floor']['seconds'])
     # Each row as soon as it is measured: a long run that fails later keeps what it measured.
     runs = ', '.join(f'{t:.2f}' for t in m['all_seconds'])
     print(f'{LABELS[path]}: {m["seconds"]:.2f} s (runs: {runs}), {m["ratio_to_floor"]:.2f}x the '
           f'floor, peak RSS {m["peak_rss_bytes"] / 1e9:.2f} GB', file=sys.stderr, flush=True)
   result['floor_seconds'] = result['floor']['seconds']
+  result['write_floor_seconds'] = result['write_floor']['seconds']
+  shutil.rmtree(workdir / 'written')
   diffs = inspect.compare(inspect.open_view(workdir / 'hf'), inspect.open_view(workdir / 'back'),
                           values=True)
   result['round_trip_bit_exact'] = not diffs
@@ -168,12 +202,15 @@ def print_table(r: dict) -> None:
   gb = 1e9
   print(f'synthetic VidLaDA checkpoint ({r["mode"]}: {r["shape"]}): '
         f'{r["checkpoint_bytes"] / gb:.2f} GB, largest tensor {r["largest_tensor_bytes"] / gb:.2f} GB')
-  print(f'{"path":<24} {"seconds":>8} {"GB/s":>6} {"x floor":>8} {"peak RSS GB":>12} '
-        f'{"runtime RSS GB":>15} {"(peak-runtime)/largest":>23} {"(peak-runtime)/ckpt":>20}')
+  print(f'{"path":<24} {"seconds":>8} {"GB/s":>6} {"x floor":>8} {"x read+write floors":>20} '
+        f'{"peak RSS GB":>12} {"runtime RSS GB":>15} {"(peak-runtime)/largest":>23} '
+        f'{"(peak-runtime)/ckpt":>20}')
   for path in PATHS:
     m = r[path]
+    conversion = (f'{m["ratio_to_conversion_floor"]:.2f}' if 'ratio_to_conversion_floor' in m
+                  else '')
     print(f'{LABELS[path]:<24} {m["seconds"]:>8.2f} {m["gb_per_s"]:>6.2f} '
-          f'{m["ratio_to_floor"]:>8.2f} {m["peak_rss_bytes"] / gb:>12.2f} '
+          f'{m["ratio_to_floor"]:>8.2f} {conversion:>20} {m["peak_rss_bytes"] / gb:>12.2f} '
           f'{m["runtime_rss_bytes"] / gb:>15.2f} '
           f'{m["peak_over_runtime_in_largest_tensors"]:>23.2f} '
           f'{m["peak_over_runtime_in_checkpoints"]:>20.2f}')

@@ -289,27 +289,47 @@ def param_key(param: str) -> str:
   return f'{PARAMS}/{param}'
 
 
-# Layers of a stacked parameter restored per orbax call: memory holds the stacked parameter plus
-# this much (restoring all its layers before stacking them held it twice: an 8B model's MLP
-# weights are 3.7 GB each, and loading a converted 8B checkpoint ran out of 24 GB).
+# Arrays restored per orbax call (layers of a stacked parameter; on the host path, any arrays):
+# memory holds the parameters plus this much. Restoring all the layers of a parameter before
+# stacking them held it twice: an 8B model's MLP weights are 3.7 GB each, and loading a converted
+# 8B checkpoint ran out of 24 GB.
 LAYER_GROUP_BYTES = 512 << 20
+
+
+def read_params(path, stored: dict[str, StoredParam], dtypes: dict[str, Any],
+                shardings: dict[str, jax.sharding.Sharding]) -> dict[str, jax.Array]:
+  """The parameters named in `stored`, each restored into its sharding and dtype (each process
+  reads only its chunks).
+
+  Largest first: restoring a parameter briefly holds it twice (orbax's buffer, then the
+  device's), and that costs least while little else is held (an 8B output projection is 1 GB;
+  in file order a one-layer checkpoint peaked at 1.38x its size, largest first at 1.15x).
+  """
+  order = sorted(stored, key=lambda p: -math.prod(stored[p].shape) * np.dtype(dtypes[p]).itemsize)
+  on_host = [p for p in order if _adopted_from_host(shardings[p])]
+  restored = _read_params_on_host(path, {p: stored[p] for p in on_host}, dtypes, shardings)
+  for param in order:
+    if param not in restored:
+      restored[param] = read_param(path, param, stored[param], dtypes[param], shardings[param])
+  return restored
 
 
 def read_param(path, param: str, stored: StoredParam, dtype, sharding) -> jax.Array:
   """One parameter restored into `sharding` and `dtype` (each process reads only its chunks)."""
-  if _adopted_from_host(sharding):
-    return _read_param_on_host(path, param, stored, dtype, sharding)
   if stored.layers is None:
     target = jax.ShapeDtypeStruct(stored.shape, dtype, sharding=sharding)
     return orbax_io.load(path, {param_key(param): target})[param_key(param)]
   layer = jax.ShapeDtypeStruct(stored.shape[1:], dtype, sharding=without_layer_axis(sharding))
+  per_group = max(1, LAYER_GROUP_BYTES // (math.prod(layer.shape) * np.dtype(dtype).itemsize))
   stacked = jax.jit(lambda: jnp.zeros(stored.shape, dtype), out_shardings=sharding)()
   # Donated, so each group of layers is written into the stacked buffer in place.
   put = jax.jit(lambda whole, index, value: jax.lax.dynamic_update_index_in_dim(
       whole, value, index, 0), donate_argnums=0, out_shardings=sharding)
-  for keys in _layer_groups(param, stored, dtype):
-    pieces = orbax_io.load(path, {key: layer for key in keys.values()})
-    for i, key in keys.items():
+  for first in range(0, stored.layers, per_group):
+    keys = [param_key(layer_key(param, i))
+            for i in range(first, min(first + per_group, stored.layers))]
+    pieces = orbax_io.load(path, {key: layer for key in keys})
+    for i, key in enumerate(keys, start=first):
       stacked = put(stacked, i, pieces.pop(key))
   return stacked
 
@@ -321,29 +341,32 @@ def _adopted_from_host(sharding) -> bool:
           and next(iter(sharding.device_set)).platform == 'cpu')
 
 
-def _layer_groups(param: str, stored: StoredParam, dtype) -> Iterator[dict[int, str]]:
-  """{layer: stored key} for consecutive layers of about `LAYER_GROUP_BYTES`."""
-  per_layer = math.prod(stored.shape[1:]) * np.dtype(dtype).itemsize
-  per_group = max(1, LAYER_GROUP_BYTES // per_layer)
-  for first in range(0, stored.layers, per_group):
-    yield {i: param_key(layer_key(param, i))
-           for i in range(first, min(first + per_group, stored.layers))}
+def _read_params_on_host(path, stored: dict[str, StoredParam], dtypes,
+                         shardings) -> dict[str, jax.Array]:
+  """`read_params` for host-platform devices: every stored array is restored on the host and
+  copied into its slot of its parameter's buffer, which the device then adopts. The arrays are
+  restored about `LAYER_GROUP_BYTES` per orbax call, since each call has a fixed cost (a
+  one-layer checkpoint has 38 parameters)."""
+  buffers = {p: aligned_empty(stored[p].shape, dtypes[p]) for p in stored}
+  batch: dict[str, np.ndarray] = {}  # stored key -> the slot of a buffer it fills
 
+  def restore():
+    values = orbax_io.load(path, {key: np.empty(slot.shape, slot.dtype)
+                                  for key, slot in batch.items()})
+    for key, slot in batch.items():
+      slot[...] = values.pop(key)
+    batch.clear()
 
-def _read_param_on_host(path, param: str, stored: StoredParam, dtype, sharding) -> jax.Array:
-  """`read_param` for a host-platform device: restored on the host into a buffer the device
-  adopts, stacked layers written straight into their slot."""
-  value = aligned_empty(stored.shape, dtype)
-  if stored.layers is None:
-    key = param_key(param)
-    value[...] = orbax_io.load(path, {key: np.empty(stored.shape, dtype)})[key]
-  else:
-    for keys in _layer_groups(param, stored, dtype):
-      layers = {key: np.empty(stored.shape[1:], dtype) for key in keys.values()}
-      pieces = orbax_io.load(path, layers)
-      for i, key in keys.items():
-        value[i] = pieces.pop(key)
-  return jax.device_put(value, sharding)
+  for param, info in stored.items():  # largest first
+    slots = ({param_key(param): buffers[param]} if info.layers is None else
+             {param_key(layer_key(param, i)): buffers[param][i] for i in range(info.layers)})
+    for key, slot in slots.items():
+      if batch and sum(s.nbytes for s in batch.values()) + slot.nbytes > LAYER_GROUP_BYTES:
+        restore()
+      batch[key] = slot
+  if batch:
+    restore()
+  return {p: jax.device_put(buffers.pop(p), shardings[p]) for p in stored}
 
 
 class ModelWriter:
@@ -419,11 +442,8 @@ def load(path, *, runtime: Runtime | None = None, mesh: Mesh | None = None,
         f'{path} does not match its manifest: missing {missing}, unexpected '
         f'{unexpected}, shape mismatches {mismatched}')
   shardings = sharding_lib.target_shardings(abstract_state, mesh, rules)
-  # Largest first: restoring a parameter briefly holds it twice (orbax's buffer, then the
-  # device's), and that costs least while little else is held (an 8B output projection is 1 GB;
-  # in file order a one-layer checkpoint peaked at 1.38x its size, largest first at 1.15x).
-  restored = {p: read_param(path, p, stored[p], params[p].dtype, shardings[p])
-              for p in sorted(params, key=lambda p: -params[p].size * params[p].dtype.itemsize)}
+  restored = read_params(path, {p: stored[p] for p in params},
+                         {p: v.dtype for p, v in params.items()}, shardings)
   state = map_params(lambda p, v: v.replace(restored.pop(p)), abstract_state)
   return nnx.merge(graphdef, state)
 
