@@ -22,9 +22,9 @@ that every row reads from the page cache:
   jax_to_hf                `convert.jax_to_hf` back to PyTorch, checked byte-identical to the source
 
 `ratio_to_floor` is each path's seconds over the floor's; the converters also get
-`ratio_to_conversion_floor`, over the floor plus the write floor. The conversions' memory claim is that
-peak - runtime stays a small multiple of the largest tensor; `from_pretrained` holds the model, so
-its peak is compared with the checkpoint size.
+`ratio_to_conversion_floor`, over the floor plus the write floor. The conversions' memory claim is
+that peak - runtime stays a small multiple of the largest tensor; `from_pretrained` holds the
+model, so its peak is compared with the checkpoint size.
 """
 
 from __future__ import annotations
