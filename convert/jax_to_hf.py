@@ -177,27 +177,13 @@ class ExportPlan:
       how.to_torch_into(out, value)  # a striped transpose, not numpy's strided copy
       return out
 
-    for batch in _batches(self.reads(), self.READ_BATCH_BYTES):
-      values = orbax_io.load(self.src, {key: np.empty(shape, dtype)
-                                        for key, shape, dtype, _ in batch})
-      for key, _, _, outputs in batch:
-        value = values.pop(key)
-        for name, how, layer in outputs:
-          yield name, convert(how, value if layer is None else value[layer])
+    reads = self.reads()
+    abstract = {key: np.empty(shape, dtype) for key, shape, dtype, _ in reads}
+    outputs = {key: outs for key, _, _, outs in reads}
+    for key, value in orbax_io.load_in_batches(self.src, abstract, self.READ_BATCH_BYTES):
+      for name, how, layer in outputs[key]:
+        yield name, convert(how, value if layer is None else value[layer])
 
-
-def _batches(reads, limit: int):
-  """Consecutive reads grouped up to `limit` bytes (a larger one alone)."""
-  batch, size = [], 0
-  for read in reads:
-    nbytes = int(np.prod(read[1])) * np.dtype(read[2]).itemsize
-    if batch and size + nbytes > limit:
-      yield batch
-      batch, size = [], 0
-    batch.append(read)
-    size += nbytes
-  if batch:
-    yield batch
 
 def export(src, dst, *, layout: str | None = None, max_shard_size: str = '5GB',
            dtype: str | None = None, overwrite: bool = False, progress: bool = True) -> dict:

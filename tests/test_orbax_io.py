@@ -49,3 +49,22 @@ def test_duplicate_keys_are_refused(tmp_path):
   writer.add({'a': jnp.ones(2)})
   with pytest.raises(ValueError, match=r"\['a'\] already written"):
     writer.add({'a': jnp.zeros(2)})
+
+
+def test_load_in_batches_groups_consecutive_leaves_up_to_the_limit(tmp_path, monkeypatch):
+  values = {'a': np.arange(10, dtype=np.int32), 'b': np.arange(10, 20, dtype=np.int32),
+            'c': np.arange(25, dtype=np.int32), 'd': np.arange(2, dtype=np.int32)}
+  writer = orbax_io.IncrementalSave(tmp_path / 'ckpt')
+  writer.add(values)
+  writer.finalize()
+  calls = []
+  load = orbax_io.load
+  monkeypatch.setattr(orbax_io, 'load', lambda path, abstract: calls.append(list(abstract))
+                      or load(path, abstract))
+  abstract = {key: np.empty(v.shape, v.dtype) for key, v in values.items()}
+  got = list(orbax_io.load_in_batches(tmp_path / 'ckpt', abstract, batch_bytes=80))
+  # 40 + 40 bytes fill a batch; the 100-byte leaf goes alone; the last leaf ends the run.
+  assert calls == [['a', 'b'], ['c'], ['d']]
+  assert [key for key, _ in got] == list(values)
+  for key, value in got:
+    np.testing.assert_array_equal(value, values[key])

@@ -348,24 +348,15 @@ def _read_params_on_host(path, stored: dict[str, StoredParam], dtypes,
   restored about `LAYER_GROUP_BYTES` per orbax call, since each call has a fixed cost (a
   one-layer checkpoint has 38 parameters)."""
   buffers = {p: aligned_empty(stored[p].shape, dtypes[p]) for p in stored}
-  batch: dict[str, np.ndarray] = {}  # stored key -> the slot of a buffer it fills
-
-  def restore():
-    values = orbax_io.load(path, {key: np.empty(slot.shape, slot.dtype)
-                                  for key, slot in batch.items()})
-    for key, slot in batch.items():
-      slot[...] = values.pop(key)
-    batch.clear()
-
-  for param, info in stored.items():  # largest first
-    slots = ({param_key(param): buffers[param]} if info.layers is None else
-             {param_key(layer_key(param, i)): buffers[param][i] for i in range(info.layers)})
-    for key, slot in slots.items():
-      if batch and sum(s.nbytes for s in batch.values()) + slot.nbytes > LAYER_GROUP_BYTES:
-        restore()
-      batch[key] = slot
-  if batch:
-    restore()
+  slots = {}  # stored key -> the part of a buffer it fills, largest parameter first
+  for param, info in stored.items():
+    if info.layers is None:
+      slots[param_key(param)] = buffers[param]
+    else:
+      slots.update({param_key(layer_key(param, i)): buffers[param][i] for i in range(info.layers)})
+  abstract = {key: np.empty(slot.shape, slot.dtype) for key, slot in slots.items()}
+  for key, value in orbax_io.load_in_batches(path, abstract, LAYER_GROUP_BYTES):
+    slots[key][...] = value
   return {p: jax.device_put(buffers.pop(p), shardings[p]) for p in stored}
 
 

@@ -10,6 +10,7 @@ touches one file and its tests (tests/test_orbax_io.py):
                     `training.Checkpointer` step saved with `{'state': ...}` holds too.
   load              restores a (sub)tree into the shardings and dtypes of an abstract tree;
                     each process reads only the chunks its devices need.
+  load_in_batches   the same a batch of leaves per orbax call, leaf by leaf.
   array_metadata    shapes and dtypes of every stored array, without reading data.
   custom_metadata   the JSON a checkpoint carries beside its arrays.
 """
@@ -17,10 +18,11 @@ touches one file and its tests (tests/test_orbax_io.py):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from orbax.checkpoint.experimental import v1 as ocp
@@ -120,6 +122,26 @@ def load(path: str | os.PathLike, abstract: dict[str, Any]) -> dict[str, Any]:
       warnings.filterwarnings('ignore', message='Sharding info not provided')
       restored = ocp.load(Path(path).absolute(), nest(abstract))
   return flatten(restored)
+
+
+def load_in_batches(path: str | os.PathLike, abstract: dict[str, Any],
+                    batch_bytes: int) -> Iterator[tuple[str, Any]]:
+  """(key, restored leaf) for every leaf of `abstract` (as in `load`), in its order, restoring
+  consecutive leaves of up to `batch_bytes` per orbax call (a larger leaf alone): each call has a
+  fixed cost, and memory holds one batch at a time."""
+  batches, batch, size = [], [], 0
+  for key, leaf in abstract.items():
+    nbytes = math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+    if batch and size + nbytes > batch_bytes:
+      batches.append(batch)
+      batch, size = [], 0
+    batch.append(key)
+    size += nbytes
+  if batch:
+    batches.append(batch)
+  for keys in batches:
+    values = load(path, {key: abstract[key] for key in keys})
+    yield from ((key, values.pop(key)) for key in keys)
 
 
 def array_metadata(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
