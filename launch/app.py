@@ -45,7 +45,7 @@ import numpy as np
 import vidlada_jax as vj
 from launch import assets, sample
 from launch import demo as demo_job
-from vidlada_jax import probes, prompting
+from vidlada_jax import probes, prompting, sampling
 from vidlada_jax.input_pipeline import synthetic_qa
 from vidlada_jax.sampling import SamplerConfig
 from vidlada_jax.video import VideoError
@@ -174,12 +174,14 @@ class Demo:
       pixels = vj.preprocess_frames(clip.frames, self.model.config.vision.image_size)[None]
       # The key the Sampler uses for its first batch, so answers match launch.sample's.
       _, key = jax.random.split(jax.random.key(self.seed))
-      program = (settings, cache, pixels.shape, len(prompt))
+      multiple = self.sampler.pad_to_multiple_of
+      program = (settings, cache, pixels.shape, sampling.padded_length(len(prompt), multiple))
       compiled = program not in self._compiled
       start = time.perf_counter()
       # The same call as Sampler.answer's, plus the trace.
       out = vj.generate(self.model, [prompt], pixels, rng=key,
                         cache=sample.CACHE_POLICIES[cache], trace=True,
+                        pad_to_multiple_of=multiple,
                         **{f.name: getattr(settings, f.name)
                            for f in dataclasses.fields(settings) if f.name != 'tokens'})
       final = np.asarray(out.tokens)[0]

@@ -58,7 +58,7 @@ import jax
 import tqdm
 
 from launch import assets
-from launch.sample import CACHE_POLICIES, Item, Sampler
+from launch.sample import CACHE_POLICIES, PROMPT_MULTIPLE, Item, Sampler
 from vidlada_jax import evaluation
 from vidlada_jax.sampling import SamplerConfig
 
@@ -240,15 +240,6 @@ class PolicyRun:
     return None, False
 
 
-def batch_shape(answers) -> tuple:
-  """What the compiled program depends on: per frame count, the rows and longest prompt."""
-  groups: dict[int, list] = collections.defaultdict(list)
-  for answer in answers:
-    if not answer.error:
-      groups[answer.num_frames].append(answer.prompt_tokens)
-  return tuple(sorted((frames, len(lengths), max(lengths)) for frames, lengths in groups.items()))
-
-
 def record_of(item: TaskItem, answer, cache: str, seconds: float, settings: dict) -> dict:
   correct = (not answer.error and
              evaluation.score(answer.answer, item.target, multiple_choice=item.multiple_choice))
@@ -269,7 +260,7 @@ def run_policy(sampler: Sampler, run: PolicyRun, items: Sequence[TaskItem], batc
     return
   sampler.cache = CACHE_POLICIES[run.cache]
   sampler.rng = jax.random.key(seed)  # every policy sees the same random stream
-  seen_shapes = set()
+  compiled = set()  # the programs (batch shapes) this run has decoded
   run.output.parent.mkdir(parents=True, exist_ok=True)
   with run.output.open('a') as out, tqdm.tqdm(total=len(todo), unit='item', desc=run.cache,
                                               file=sys.stderr, dynamic_ncols=True) as bar:
@@ -281,11 +272,11 @@ def run_policy(sampler: Sampler, run: PolicyRun, items: Sequence[TaskItem], batc
       seconds = (time.perf_counter() - begin) / len(batch)
       run.tokens += timings['generated_tokens']
       run.generate_s += timings['generate_s']
-      shape = batch_shape(answers)
-      if shape in seen_shapes:
+      programs = set(timings['programs'])
+      if programs and programs <= compiled:
         run.warm_tokens += timings['generated_tokens']
         run.warm_generate_s += timings['generate_s']
-      seen_shapes.add(shape)
+      compiled |= programs
       for item, answer in zip(batch, answers):
         record = record_of(item, answer, run.cache, seconds, settings)
         run.records[item.id] = record
@@ -404,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--think', action='store_true', help='do not append /no_think')
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'), help="default: the checkpoint's")
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--pad-to-multiple-of', type=int, default=PROMPT_MULTIPLE,
+                      help='left-pad prompts to a multiple of this many tokens, so questions of '
+                           'nearby lengths share one compiled program; answers do not change '
+                           f"({PROMPT_MULTIPLE}; 1: no padding)")
   parser.add_argument('--output', help='the results JSONL (all policies in one file); default: '
                                        'one per policy in --output-dir')
   parser.add_argument('--output-dir', default=str(OUTPUT_DIR),
@@ -479,7 +474,8 @@ def evaluate(args) -> int:
 
   try:
     sampler = Sampler(checkpoint, settings, frames=frames, dtype=args.dtype,
-                      time_instruction=args.time_instruction, think=args.think, seed=args.seed)
+                      time_instruction=args.time_instruction, think=args.think, seed=args.seed,
+                      pad_to_multiple_of=args.pad_to_multiple_of)
   except (FileNotFoundError, ValueError) as e:
     raise UsageError(str(e)) from e
   print(f'{len(items)} items of {args.task}/{args.config} {args.split}, {frames} frames, '

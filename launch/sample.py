@@ -4,7 +4,7 @@
         [--gen-length 128 --steps 128 --block-length 128] [--temperature 0]
         [--remasking low_confidence|random] [--cfg-scale 0] [--threshold T]
         [--cache none|mars|mars-exact|mars-refresh|mars-chunk|mars-anchors|dual]
-        [--batch-file JSONL [--batch-size 8]] [--json]
+        [--batch-file JSONL [--batch-size 8]] [--pad-to-multiple-of 64] [--json]
 
 DIR is a PyTorch (LLaDA-V/VidLaDA) or vidlada-jax checkpoint directory holding tokenizer.json.
 Frames are sampled as the reference evaluates: one per second, or --frames evenly spread when
@@ -34,12 +34,15 @@ import jax
 import numpy as np
 
 import vidlada_jax as vj
-from vidlada_jax import prompting
+from vidlada_jax import prompting, sampling
 from vidlada_jax.input_pipeline import chat
 from vidlada_jax.sampling import SamplerConfig
 from vidlada_jax.video import VideoError, read_video
 
 CONTEXT_LENGTH = 32768  # VidLaDA's training context
+# Prompts are left-padded to a multiple of this many text tokens, so questions of nearby lengths
+# share one compiled program; padding does not change the answer (see `vj.generate`).
+PROMPT_MULTIPLE = 64
 
 
 @dataclasses.dataclass
@@ -114,8 +117,10 @@ class Sampler:
 
   def __init__(self, checkpoint, settings: SamplerConfig, *, frames: int, dtype=None,
                time_instruction=False, think=False, max_length=CONTEXT_LENGTH, seed=0,
-               cache: str = 'none'):
+               cache: str = 'none', pad_to_multiple_of: int = PROMPT_MULTIPLE):
+    sampling.padded_length(1, pad_to_multiple_of)  # validates it
     self.settings = settings
+    self.pad_to_multiple_of = pad_to_multiple_of
     self.cache = CACHE_POLICIES[cache]
     self.frames = frames
     self.time_instruction = time_instruction
@@ -152,8 +157,12 @@ class Sampler:
   def answer(self, items: list[Item], batch_size: int, on_layout=None,
              keep_going: bool = False) -> tuple[list[Answer], dict]:
     """Answers `items`; with `keep_going`, an item that cannot be prepared (unreadable video,
-    prompt too long) gets an `Answer` with its `error` instead of stopping the others."""
-    timings = dict(video_s=0.0, generate_s=0.0, generated_tokens=0)
+    prompt too long) gets an `Answer` with its `error` instead of stopping the others.
+
+    The timings include `programs`: the shape (rows, padded prompt tokens, frames) of every
+    batch decoded, which is what each compiled program depends on.
+    """
+    timings = dict(video_s=0.0, generate_s=0.0, generated_tokens=0, programs=[])
     prepared = []
     answers = {}
     for item in items:
@@ -184,7 +193,10 @@ class Sampler:
                                     self.settings.gen_length))
         self.rng, key = jax.random.split(self.rng)
         start = time.perf_counter()
+        timings['programs'].append((len(batch), sampling.padded_length(
+            max(len(p) for p in prompts), self.pad_to_multiple_of), num_frames))
         out = vj.generate(self.model, prompts, pixels, rng=key, cache=self.cache,
+                          pad_to_multiple_of=self.pad_to_multiple_of,
                           **{f.name: getattr(self.settings, f.name)
                              for f in dataclasses.fields(self.settings) if f.name != 'tokens'})
         tokens = np.asarray(out.tokens)
@@ -223,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--think', action='store_true', help='do not append /no_think')
   parser.add_argument('--dtype', choices=('float32', 'bfloat16'), help='default: the checkpoint\'s')
   parser.add_argument('--max-length', type=int, default=CONTEXT_LENGTH)
+  parser.add_argument('--pad-to-multiple-of', type=int, default=PROMPT_MULTIPLE,
+                      help='left-pad prompts to a multiple of this many tokens, so questions of '
+                           'nearby lengths share one compiled program; answers do not change '
+                           f'({PROMPT_MULTIPLE}; 1: no padding)')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--show-layout', action='store_true',
                       help='print the spliced sequence layout and the decoded token ids')
@@ -244,7 +260,8 @@ def main(argv=None) -> int:
       raise FileNotFoundError(f'video {items[0].video} does not exist')
     sampler = Sampler(args.checkpoint, settings, frames=args.frames, dtype=args.dtype,
                       time_instruction=args.time_instruction, think=args.think,
-                      max_length=args.max_length, seed=args.seed, cache=args.cache)
+                      max_length=args.max_length, seed=args.seed, cache=args.cache,
+                      pad_to_multiple_of=args.pad_to_multiple_of)
     show = (lambda text: print('spliced sequence:\n' + text)) if args.show_layout else None
     answers, timings = sampler.answer(items, args.batch_size, on_layout=show,
                                       keep_going=bool(args.batch_file))

@@ -260,6 +260,38 @@ def test_anchors_are_the_most_attended_visual_keys():
   assert 3 not in np.asarray(rows[0])  # a padding key is never an anchor
 
 
+@pytest.mark.parametrize('policy', [vj.FullRecompute(), vj.MarsCacheConfig(pyramid=(4, 2)),
+                                    vj.DualCache()], ids=['plain', 'mars', 'dual'])
+def test_padding_prompts_to_a_multiple_changes_no_token(model, video_prompt, policy):
+  prompt, pixels = video_prompt
+  settings = dict(temperature=0.9, rng=jax.random.key(3))
+  expected = np.asarray(decode(model, prompt, pixels, policy, **settings).tokens)
+  # Rows of 14 and 11 tokens, left-padded by 10 and 13 instead of 0 and 3.
+  padded = decode(model, prompt, pixels, policy, pad_to_multiple_of=24, **settings)
+  np.testing.assert_array_equal(np.asarray(padded.tokens), expected)
+
+
+def test_prompts_within_one_multiple_share_a_program(model, video_prompt):
+  prompt, pixels = video_prompt
+  before = sampling._sample_program._cache_size()
+  for length in (14, 12, 10):  # all pad to 16 (each keeps the <image> placeholder)
+    decode(model, [prompt[0][-length:]], pixels[:1], vj.FullRecompute(), pad_to_multiple_of=16)
+  assert sampling._sample_program._cache_size() == before + 1
+  decode(model, [prompt[0]], pixels[:1], vj.FullRecompute(), pad_to_multiple_of=7)  # pads to 21
+  assert sampling._sample_program._cache_size() == before + 2
+
+
+def test_pad_prompts_left_pads_to_a_multiple():
+  ids, valid = sampling.pad_prompts([np.arange(1, 6), np.arange(1, 3)], pad_id=0, multiple_of=4)
+  np.testing.assert_array_equal(ids, [[0, 0, 0, 1, 2, 3, 4, 5], [0, 0, 0, 0, 0, 0, 1, 2]])
+  np.testing.assert_array_equal(valid, ids > 0)
+  ids, valid = sampling.pad_prompts(np.ones((2, 3), np.int32), pad_id=0, multiple_of=4)
+  np.testing.assert_array_equal(ids, [[0, 1, 1, 1]] * 2)
+  assert sampling.pad_prompts(np.ones((2, 3), np.int32), pad_id=0)[1].all()
+  with pytest.raises(ValueError, match='pad_to_multiple_of must be at least 1'):
+    sampling.pad_prompts([np.arange(3)], pad_id=0, multiple_of=0)
+
+
 # --- Programs, shardings, dtypes ----------------------------------------------------------------
 
 

@@ -53,12 +53,22 @@ def test_batch_file_matches_single_answers(files, capsys):
   code, out, err = run(capsys, '--checkpoint', checkpoint, '--batch-file', batch, '--json',
                        '--batch-size', '2', *FAST)
   assert code == 0, err
-  answers = json.loads(out)['answers']
+  result = json.loads(out)
+  answers = result['answers']
   assert [a['id'] for a in answers] == ['a', 'b', 'c']
   assert [a['num_frames'] for a in answers] == [6, 3, 6]
+  # Two programs, each with the prompts left-padded to a multiple of 64 tokens.
+  (rows_a, padded_a, frames_a), (rows_b, padded_b, frames_b) = result['timings']['programs']
+  assert (rows_a, frames_a, rows_b, frames_b) == (2, 6, 1, 3)
+  text_tokens = lambda a: a['prompt_tokens'] + 1 - a['num_frames'] * 210
+  assert padded_a % 64 == 0 and padded_a >= max(text_tokens(answers[0]), text_tokens(answers[2]))
+  assert padded_b % 64 == 0 and padded_b >= text_tokens(answers[1])
+  # Alone and unpadded, an item decodes to the same tokens.
   code, out, _ = run(capsys, '--checkpoint', checkpoint, '--video', short_clip,
-                     '--question', 'What colour is the square?', '--json', *FAST)
+                     '--question', 'What colour is the square?', '--json',
+                     '--pad-to-multiple-of', '1', *FAST)
   assert json.loads(out)['answers'][0]['tokens'] == answers[1]['tokens']
+  assert json.loads(out)['timings']['programs'] == [[1, text_tokens(answers[1]), 3]]
 
 
 def test_show_layout_prints_segments_and_tokens(files, capsys):
@@ -74,6 +84,7 @@ def test_show_layout_prints_segments_and_tokens(files, capsys):
     (['--gen-length', '10', '--block-length', '4', '--steps', '4'], 'multiple of block_length'),
     (['--video', 'missing.mp4'], 'missing.mp4 does not exist'),
     (['--max-length', '300'], 'exceeds the 300-token context'),
+    (['--pad-to-multiple-of', '0'], 'pad_to_multiple_of must be at least 1'),
 ])
 def test_errors_are_explained(files, capsys, extra, message):
   root, checkpoint, long_clip, _ = files

@@ -361,15 +361,22 @@ def _sample_program(graphdef, params, prompt_ids, prompt_valid, pixel_values, ro
                  config=config, policy=policy, trace=trace, mesh=mesh)
 
 
-def pad_prompts(prompts, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """Ragged prompts -> left-padded ids [B, L] and validity [B, L]."""
+def padded_length(length: int, multiple_of: int = 1) -> int:
+  """`length` rounded up to a multiple of `multiple_of`."""
+  if multiple_of < 1:
+    raise ValueError(f'pad_to_multiple_of must be at least 1, got {multiple_of}')
+  return -(-length // multiple_of) * multiple_of
+
+
+def pad_prompts(prompts, pad_id: int, multiple_of: int = 1) -> tuple[np.ndarray, np.ndarray]:
+  """Ragged prompts -> left-padded ids [B, L] and validity [B, L], L a multiple of `multiple_of`."""
   if isinstance(prompts, (np.ndarray, jax.Array)) and np.ndim(prompts) == 2:
-    ids = np.asarray(prompts, np.int32)
-    return ids, np.ones(ids.shape, bool)
-  rows = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
+    rows = list(np.asarray(prompts, np.int32))
+  else:
+    rows = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
   if not rows or min(len(r) for r in rows) == 0:
     raise ValueError('every prompt needs at least one token')
-  length = max(len(r) for r in rows)
+  length = padded_length(max(len(r) for r in rows), multiple_of)
   ids = np.full((len(rows), length), pad_id, np.int32)
   valid = np.zeros((len(rows), length), bool)
   for i, row in enumerate(rows):
@@ -394,6 +401,7 @@ def generate(
     cache: CachePolicy | None = None,
     threshold: float | None = None,
     trace: bool = False,
+    pad_to_multiple_of: int = 1,
 ) -> SampleOutput:
   """Decodes `gen_length` tokens after each prompt with block diffusion (SPEC 4).
 
@@ -419,6 +427,9 @@ def generate(
       confidence exceeds it (at least one), until the block is full; `steps` then only needs to
       satisfy the divisibility rule. Off by default.
     trace: also return the canvas after every step (`history`).
+    pad_to_multiple_of: left-pad the prompts to a multiple of this many tokens, so that prompts of
+      nearby lengths share one compiled program (each new padded length compiles anew). The
+      tokens do not change: padding is hidden from attention and not counted in positions.
 
   Returns:
     SampleOutput with `tokens` [B, gen_length] (the final canvas; positions after a stop stay
@@ -433,7 +444,7 @@ def generate(
                                    else tuple(stop_ids or ())),
                          threshold=None if threshold is None else float(threshold),
                          tokens=model.config.tokens)
-  ids, valid = pad_prompts(input_ids, model.config.tokens.eos)
+  ids, valid = pad_prompts(input_ids, model.config.tokens.eos, pad_to_multiple_of)
   if pixel_values is not None:
     if model.vision_tower is None:
       raise ValueError('pixel_values were given but this model has no vision tower')
