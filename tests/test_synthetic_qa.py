@@ -257,3 +257,38 @@ def test_a_training_curriculum_reads_its_big_object_stage_first(tmp_path):
     data_lib.make_iterator(dict(data, stages=(dict(video_qa=dict(object_scale=2.0)),)),
                            demo_tokenizer(), model_config('demo'), per_host_batch=6, seed=0,
                            workdir=tmp_path)
+
+
+def test_question_types_select_the_whole_splits_examples_of_those_types():
+  sizes = {'train': 10, 'validation': 6, 'test': 6}
+  chosen = ('count', 'end_event')
+  some = list(qa.split_examples(2, 'train', sizes, num_frames=16, size=SIZE,
+                                question_types=chosen))
+  assert len(some) == 10 and {e['question_type'] for e in some} == set(chosen)
+  whole = {e['id']: e for e in qa.split_examples(2, 'train', dict(sizes, train=36),
+                                                 num_frames=16, size=SIZE)}
+  for example in some:  # the same example (redraws included) as in the whole split
+    same = whole[example['id']]
+    assert example['question'] == same['question'] and example['answer'] == same['answer']
+    np.testing.assert_array_equal(example['video'], same['video'])
+  config = qa.SyntheticVideoQaConfig(name='flash', question_types=['end_event', 'middle_event'])
+  assert config.question_types == ('middle_event', 'end_event')  # the task's order
+  assert config.replace(train_size=3).question_types == config.question_types
+  with pytest.raises(ValueError, match='question_types must name some of .*; got colour'):
+    qa.SyntheticVideoQaConfig(name='bad', question_types=['colour', 'count'])
+  with pytest.raises(ValueError, match='got none'):
+    qa.SyntheticVideoQaConfig(name='bad', question_types=[])
+
+
+def test_a_curriculum_stage_can_train_some_question_types(tmp_path):
+  import json as json_lib
+  from vidlada_jax.training import data as data_lib
+
+  data = dict(video_qa=dict(train_size=4, question_types='middle_event, end_event'))
+  mixture = data_lib._synthetic_video_qa_mixture(data, tmp_path)
+  assert mixture.parent.name == 'default-train4-x1-middle_event+end_event'
+  records = json_lib.loads((mixture.parent / 'annotations.json').read_text())
+  assert len(records) == 4
+  assert all(qa.QUESTIONS['middle_event'] in r['conversations'][0]['value'] for r in records)
+  with pytest.raises(ValueError, match='unknown: frames'):
+    data_lib._synthetic_video_qa_mixture(dict(video_qa=dict(frames=3)), tmp_path)

@@ -28,6 +28,7 @@ import functools
 import hashlib
 import inspect
 import io
+import itertools
 import json
 import os
 from pathlib import Path
@@ -239,22 +240,30 @@ def fingerprint(example: Mapping[str, Any]) -> bytes:
 
 
 def split_examples(seed: int, split: str, split_sizes: Mapping[str, int], *, num_frames: int,
-                   size: int, object_scale: float = 1.0) -> Iterator[dict[str, Any]]:
+                   size: int, object_scale: float = 1.0,
+                   question_types: Sequence[str] = QUESTION_TYPES) -> Iterator[dict[str, Any]]:
   """The examples of `split`, none with the video and question of an example in another split.
 
   Disjoint seeds are not enough: some types have few distinct clips (one square of 6 colours in
   16 cells), so at the default sizes a few dozen would repeat across splits. Splits earlier in
   `DEDUPLICATION_ORDER` are kept as drawn; later ones redraw (next `attempt`) any example that
   repeats an earlier split's. Repeats inside one split are allowed. The earlier splits are
-  drawn at the task's own object size whatever `object_scale` is: a split of bigger objects
-  (a curriculum stage) still leaves out the evaluation splits' clips' layouts.
+  drawn at the task's own object size and with every question type whatever `object_scale` and
+  `question_types` are: a split of bigger objects or of some types (a curriculum stage) still
+  leaves out the evaluation splits' clips.
+
+  With fewer `question_types`, the split holds the examples of the whole task's split that ask
+  them (an example's type follows from its index), as many as `split_sizes` says.
   """
+  check_question_types(question_types)
   earlier = DEDUPLICATION_ORDER[:DEDUPLICATION_ORDER.index(split)]
   taken = {fingerprint(example) for other in earlier
            for example in split_examples(seed, other, split_sizes, num_frames=num_frames,
                                          size=size)}
   draw = functools.partial(make_example, seed, split, num_frames=num_frames, size=size)
-  for index in range(split_sizes[split]):
+  indices = (index for index in itertools.count()
+             if QUESTION_TYPES[index % len(QUESTION_TYPES)] in question_types)
+  for index in itertools.islice(indices, split_sizes[split]):
     attempt = 0
     example = draw(index)
     while fingerprint(example) in taken:
@@ -263,6 +272,17 @@ def split_examples(seed: int, split: str, split_sizes: Mapping[str, int], *, num
     if object_scale != 1:
       example = draw(index, attempt=attempt, object_scale=object_scale)
     yield example
+
+
+def check_question_types(question_types: Sequence[str]) -> tuple[str, ...]:
+  """`question_types` as a tuple in the task's order; a clear error for unknown or no types."""
+  if isinstance(question_types, str):
+    question_types = [question_types]
+  unknown = sorted(set(question_types) - set(QUESTION_TYPES))
+  if unknown or not question_types:
+    raise ValueError(f'question_types must name some of {", ".join(QUESTION_TYPES)}; got '
+                     f'{", ".join(unknown) if unknown else "none"}')
+  return tuple(t for t in QUESTION_TYPES if t in question_types)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,13 +295,14 @@ def encode_png(frame: np.ndarray) -> bytes:
 
 
 class SyntheticVideoQaConfig(tfds.core.BuilderConfig):
-  """Clip length and size, split sizes, the seed and the object scale (all part of the
-  dataset's identity). `object_scale` > 1 draws every split's objects bigger (a curriculum's
-  early stages, see `make_example`)."""
+  """Clip length and size, split sizes, the seed, the object scale and the question types (all
+  part of the dataset's identity). `object_scale` > 1 draws every split's objects bigger, and
+  `question_types` keeps only some types (a curriculum's early stages, see `split_examples`)."""
 
   def __init__(self, *, name: str, num_frames: int = 16, image_size: int = 64,
                train_size: int = 2000, validation_size: int = 200, test_size: int = 200,
-               seed: int = 0, object_scale: float = 1.0, **kwargs):
+               seed: int = 0, object_scale: float = 1.0,
+               question_types: Sequence[str] = QUESTION_TYPES, **kwargs):
     if image_size % 2 or image_size < 32:
       raise ValueError(f'image_size must be even (mp4 export) and >= 32, got {image_size}')
     if num_frames < 8:
@@ -294,13 +315,15 @@ class SyntheticVideoQaConfig(tfds.core.BuilderConfig):
     self.split_sizes = {'train': train_size, 'validation': validation_size, 'test': test_size}
     self.seed = seed
     self.object_scale = float(object_scale)
+    self.question_types = check_question_types(question_types)
 
   def replace(self, **changes) -> SyntheticVideoQaConfig:
     """A copy with some of the constructor's arguments changed (the name stays unless given)."""
     sizes = self.split_sizes
     arguments = dict(name=self.name, num_frames=self.num_frames, image_size=self.image_size,
                      train_size=sizes['train'], validation_size=sizes['validation'],
-                     test_size=sizes['test'], seed=self.seed, object_scale=self.object_scale)
+                     test_size=sizes['test'], seed=self.seed, object_scale=self.object_scale,
+                     question_types=self.question_types)
     return SyntheticVideoQaConfig(**{**arguments, **changes})
 
 
@@ -347,7 +370,8 @@ class SyntheticVideoQa(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     config = self.builder_config
     for example in split_examples(config.seed, split, config.split_sizes,
                                   num_frames=config.num_frames, size=config.image_size,
-                                  object_scale=config.object_scale):
+                                  object_scale=config.object_scale,
+                                  question_types=config.question_types):
       example['video'] = [encode_png(frame) for frame in example['video']]
       yield example['id'], example
 
@@ -437,8 +461,11 @@ def export_split(root: str | os.PathLike, split: str,
   if isinstance(config, str):
     config = named_config(config)
   examples = split_examples(config.seed, split, config.split_sizes, num_frames=config.num_frames,
-                            size=config.image_size, object_scale=config.object_scale)
+                            size=config.image_size, object_scale=config.object_scale,
+                            question_types=config.question_types)
   label = f'synthetic_video_qa/{config.name} {split}'
   if config.object_scale != 1:
     label += f' (objects x{config.object_scale:g})'
+  if config.question_types != QUESTION_TYPES:
+    label += f' ({", ".join(config.question_types)})'
   return export_videos(examples, root, progress=label if progress else None)

@@ -11,8 +11,8 @@ The `data` section:
     mixture         the mixture YAML ('mixture')
     array_record    the pre-decoded set's directory ('array_record')
     synthetic_clips clips to generate ('synthetic')
-    video_qa        {config, train_size, object_scale} of the task's builder config
-                    ('synthetic_video_qa')
+    video_qa        {config, train_size, object_scale, question_types} of the task's builder
+                    config ('synthetic_video_qa')
     tokenizer       a tokenizer.json or checkpoint directory, or 'tiny' / 'demo'
                     (`fixtures.tiny_tokenizer`, `fixtures.demo_tokenizer`)
     system, time_instruction, no_think
@@ -151,15 +151,21 @@ def _synthetic_video_qa_mixture(data: dict[str, Any], workdir: Path) -> Path:
   from vidlada_jax.input_pipeline import synthetic_qa  # pylint: disable=g-import-not-at-top
 
   task = dict(data.get('video_qa') or {})
-  unknown = set(task) - {'config', 'train_size', 'object_scale'}
+  unknown = set(task) - {'config', 'train_size', 'object_scale', 'question_types'}
   if unknown:
-    raise ValueError(f'config.data.video_qa takes config, train_size and object_scale; '
-                     f'unknown: {", ".join(sorted(unknown))}')
+    raise ValueError(f'config.data.video_qa takes config, train_size, object_scale and '
+                     f'question_types; unknown: {", ".join(sorted(unknown))}')
   named = synthetic_qa.named_config(task.get('config', 'default'))
+  question_types = task.get('question_types') or synthetic_qa.QUESTION_TYPES
+  if isinstance(question_types, str):  # from the command line: "count,ball_end"
+    question_types = [t.strip() for t in question_types.split(',')]
   config = named.replace(train_size=int(task.get('train_size') or named.split_sizes['train']),
-                         object_scale=float(task.get('object_scale') or 1))
-  root = (workdir / 'synthetic_video_qa'
-          / f'{config.name}-train{config.split_sizes["train"]}-x{config.object_scale:g}')
+                         object_scale=float(task.get('object_scale') or 1),
+                         question_types=tuple(question_types))
+  variant = f'{config.name}-train{config.split_sizes["train"]}-x{config.object_scale:g}'
+  if config.question_types != synthetic_qa.QUESTION_TYPES:
+    variant += '-' + '+'.join(config.question_types)
+  root = workdir / 'synthetic_video_qa' / variant
   mixture = root / 'mixture.yaml'
   if jax.process_index() == 0 and not mixture.exists():
     synthetic_qa.export_split(root, 'train', config)
