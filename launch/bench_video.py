@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +23,6 @@ import av
 import numpy as np
 
 from vidlada_jax import video
-from vidlada_jax.preprocess import evaluation_frame_indices
 
 
 def moving_gradient(width: int, height: int):
@@ -39,20 +37,9 @@ def moving_gradient(width: int, height: int):
 
 def write_clip(path: Path, num_frames: int, width: int, height: int, fps: int, keyint: int):
   frame_at = moving_gradient(width, height)
-  codec = 'libx264' if 'libx264' in av.codecs_available else 'mpeg4'
-  partial = path.with_name(path.name + '.partial')  # renamed into place once complete
-  with av.open(str(partial), mode='w', format='mp4') as container:
-    stream = container.add_stream(codec, rate=fps)
-    stream.width, stream.height, stream.pix_fmt = width, height, 'yuv420p'
-    stream.options = ({'preset': 'ultrafast', 'g': str(keyint), 'keyint_min': str(keyint)}
-                      if codec == 'libx264' else {'g': str(keyint)})
-    for i in range(num_frames):
-      frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame_at(i)), format='rgb24')
-      for packet in stream.encode(frame):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
-  os.replace(partial, path)
+  options = ({'preset': 'ultrafast', 'g': str(keyint), 'keyint_min': str(keyint)}
+             if 'libx264' in av.codecs_available else {'g': str(keyint)})
+  video.write_video(path, (frame_at(i) for i in range(num_frames)), fps, options=options)
 
 
 def decode_every_frame(path: Path, wanted: set[int]) -> dict[int, np.ndarray]:

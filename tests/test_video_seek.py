@@ -26,16 +26,8 @@ def moving_pattern(index: int, height: int = 48, width: int = 64) -> np.ndarray:
 
 
 def write_clip(path: Path, num_frames: int, codec: str, options: dict[str, str]) -> Path:
-  with av.open(str(path), mode='w') as container:
-    stream = container.add_stream(codec, rate=FPS)
-    stream.height, stream.width, stream.pix_fmt = 48, 64, 'yuv420p'
-    stream.options = options
-    for i in range(num_frames):
-      for packet in stream.encode(av.VideoFrame.from_ndarray(moving_pattern(i), format='rgb24')):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
-  return path
+  return video.write_video(path, (moving_pattern(i) for i in range(num_frames)), FPS,
+                           codec=codec, options=options)
 
 
 def decode_everything(path: Path) -> tuple[np.ndarray, list[int]]:
@@ -144,3 +136,20 @@ def test_a_truncated_file_is_still_named_as_truncated(clips, tmp_path):
   cut.write_bytes(data[:len(data) * 2 // 3])
   with pytest.raises(video.VideoError, match='cut.mp4'):
     video.read_video(cut, 64, training=True)
+
+
+def test_write_video_never_leaves_a_partial_file(tmp_path):
+  path = video.write_video(tmp_path / 'clip.mp4', np.stack([moving_pattern(i) for i in range(4)]))
+  before = path.read_bytes()
+
+  def frames_then_failure():
+    yield moving_pattern(0)
+    raise RuntimeError('the renderer failed')
+
+  with pytest.raises(RuntimeError, match='the renderer failed'):
+    video.write_video(path, frames_then_failure())
+  with pytest.raises(ValueError, match='no frames to write'):
+    video.write_video(path, [])
+  assert path.read_bytes() == before  # the earlier video is untouched
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['clip.mp4']  # no partial file left
+  assert video.read_video(path, 4).total_frames == 4

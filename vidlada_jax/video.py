@@ -7,6 +7,7 @@ import math
 import os
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import av
 import numpy as np
@@ -193,17 +194,35 @@ def read_video(path: str | os.PathLike, max_frames: int = 64, *, training: bool 
   return Clip(frames=frames, indices=np.asarray(indices), fps=fps, total_frames=total)
 
 
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 4) -> Path:
-  """Encodes uint8 RGB frames [F, H, W, 3] (even H and W) as an H.264 (or MPEG-4) file."""
+def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: int = 4, *,
+                codec: str | None = None, options: Mapping[str, str] | None = None) -> Path:
+  """Encodes uint8 RGB frames ([F, H, W, 3], or any iterable of [H, W, 3]; even H and W).
+
+  The codec is H.264 where PyAV has it, else MPEG-4, unless `codec` names one; `options` go to
+  the encoder (e.g. {'g': '250'} for the keyframe interval). The file is written under a
+  temporary name beside `path` and renamed into place once complete, so `path` never holds a
+  partial video.
+  """
   path = Path(path)
-  codec = 'libx264' if 'libx264' in av.codecs_available else 'mpeg4'
-  with av.open(str(path), mode='w') as container:
-    stream = container.add_stream(codec, rate=fps)
-    stream.height, stream.width = frames.shape[1:3]
-    stream.pix_fmt = 'yuv420p'
-    for frame in frames:
-      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format='rgb24')):
+  codec = codec or ('libx264' if 'libx264' in av.codecs_available else 'mpeg4')
+  partial = path.with_name(f'.{path.stem}.partial{path.suffix}')  # the suffix names the format
+  try:
+    with av.open(str(partial), mode='w') as container:
+      stream = None
+      for frame in frames:
+        if stream is None:
+          stream = container.add_stream(codec, rate=fps)
+          stream.height, stream.width = frame.shape[:2]
+          stream.pix_fmt = 'yuv420p'
+          stream.options = dict(options or {})
+        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format='rgb24')
+        for packet in stream.encode(video_frame):
+          container.mux(packet)
+      if stream is None:
+        raise ValueError(f'{path}: no frames to write')
+      for packet in stream.encode():
         container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
+    os.replace(partial, path)
+  finally:
+    partial.unlink(missing_ok=True)
   return path
