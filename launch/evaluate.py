@@ -45,7 +45,6 @@ output file; --resume continues).
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import json
 import os
