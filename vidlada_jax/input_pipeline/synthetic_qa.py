@@ -217,6 +217,11 @@ RENDERERS: Mapping[str, Callable] = {
 }
 
 
+def question_type_of(index: int) -> str:
+  """The question an example asks follows from its index: every type, evenly."""
+  return QUESTION_TYPES[index % len(QUESTION_TYPES)]
+
+
 def make_example(seed: int, split: str, index: int, *, num_frames: int, size: int,
                  attempt: int = 0, object_scale: float = 1.0) -> dict[str, Any]:
   """One example as numpy/str values (frames [F, size, size, 3] uint8), from its seed alone.
@@ -225,7 +230,7 @@ def make_example(seed: int, split: str, index: int, *, num_frames: int, size: in
   renderers).
   """
   rng = np.random.default_rng([seed, SPLIT_NUMBERS[split], index, attempt])
-  question_type = QUESTION_TYPES[index % len(QUESTION_TYPES)]  # every type, evenly
+  question_type = question_type_of(index)
   frames, answer, options = RENDERERS[question_type](rng, num_frames, size, object_scale)
   options = [str(o) for o in rng.permutation(options)]
   return {'id': f'{split}_{index:05d}', 'video': frames, 'question': QUESTIONS[question_type],
@@ -262,7 +267,7 @@ def split_examples(seed: int, split: str, split_sizes: Mapping[str, int], *, num
                                          size=size)}
   draw = functools.partial(make_example, seed, split, num_frames=num_frames, size=size)
   indices = (index for index in itertools.count()
-             if QUESTION_TYPES[index % len(QUESTION_TYPES)] in question_types)
+             if question_type_of(index) in question_types)
   for index in itertools.islice(indices, split_sizes[split]):
     attempt = 0
     example = draw(index)
