@@ -9,6 +9,8 @@ A job config is `get_config(arg)` returning an `ml_collections.ConfigDict` with 
     mesh        rule set (`vidlada_jax.sharding.RULE_SETS`) and axis sizes
     data        `vidlada_jax.training.data`
     optimizer   `vidlada_jax.training.OptimizerConfig`
+    objective   the loss (`vidlada_jax.training.trainer.objective_of`): masked diffusion, or
+                cell colours for pretraining a tower on a synthetic world (configs/demo.py)
     train       `vidlada_jax.training.TrainConfig`
     checkpoint  `vidlada_jax.training.CheckpointConfig`
 
@@ -88,6 +90,7 @@ def base(**sections) -> ml_collections.ConfigDict:
       b1=0.9, b2=0.999, eps=1e-8,  # SPEC 7: AdamW (0.9, 0.999, eps 1e-8)
       weight_decay=0.0,  # SPEC 7
       clip_norm=1.0)  # SPEC 7: gradient clipping 1.0
+  config.objective = dict(name='masked_diffusion')  # SPEC 3
   config.train = dict(total_steps=1000, global_batch=64,  # SPEC 7: global batch 64
                       micro_batch=64, seed=0, log_every=10, loss_chunk=1024)
   config.checkpoint = dict(every=500, keep=3)

@@ -23,7 +23,7 @@ from vidlada_jax.params import flat_params
 from vidlada_jax.training import OptimizerConfig, TrainState, make_optimizer, train_step
 from vidlada_jax.training.logs import read_metrics
 from vidlada_jax.training.optimizer import check_prefixes, group_of, is_frozen, schedule
-from vidlada_jax.training.train_step import StepFunctions
+from vidlada_jax.training.train_step import MaskedDiffusion, StepFunctions
 
 ROOT = Path(__file__).parent.parent
 
@@ -72,7 +72,7 @@ def test_accumulated_step_averages_the_micro_batch_gradients(accumulation):
   trainable = {p: v for p, v in values.items() if p != frozen_path}
   frozen = {frozen_path: values[frozen_path]}
   functions = StepFunctions(graphdef, nnx.split(nnx.eval_shape(lambda: model))[1],
-                            optax.sgd(1.0), lambda step: 1.0, loss_chunk=16)
+                            optax.sgd(1.0), lambda step: 1.0, objective=MaskedDiffusion(chunk=16))
   rng = np.random.default_rng(0)
   ids = rng.integers(0, 500, size=(accumulation, 3, 24)).astype(np.int32)  # [acc., micro, L]
   labels = np.where(rng.random(ids.shape) < 0.7, ids, -100).astype(np.int32)

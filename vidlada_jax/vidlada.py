@@ -195,16 +195,20 @@ class VidLaDA(nnx.Module):
 
   # --- Pieces, for the sampler, the loss and probes (trace-friendly, not jitted) ---------------
 
+  def pooled_grid(self, images: jax.Array) -> jax.Array:
+    """Images [N, H, W, 3] in [-1, 1] -> the projected, resampled grid [N, S, S, hidden]
+    (S = pooled_side): the visual tokens of each image before the row newlines."""
+    features = self.vision_tower(images.astype(self.config.compute_dtype))  # [N, 729, C]
+    projected = self.mm_projector(features)  # [N, 729, hidden]
+    side = self.config.vision.patches_per_side
+    grid = projected.reshape(projected.shape[0], side, side, -1)
+    return resize_bilinear(grid, self.config.pooled_side, self.config.pooled_side)
+
   def visual_tokens(self, pixel_values: jax.Array) -> jax.Array:
     """[..., F, H, W, 3] -> [..., F * tokens_per_frame, hidden] in the LM's compute dtype."""
     lead = pixel_values.shape[:-4]
     frames = pixel_values.reshape((-1,) + pixel_values.shape[-3:])
-    features = self.vision_tower(frames.astype(self.config.compute_dtype))  # [N, 729, C]
-    projected = self.mm_projector(features)  # [N, 729, hidden]
-    side = self.config.vision.patches_per_side
-    grid = projected.reshape(projected.shape[0], side, side, -1)
-    pooled = resize_bilinear(grid, self.config.pooled_side, self.config.pooled_side)
-    tokens = append_row_newlines(pooled, self.image_newline[...])
+    tokens = append_row_newlines(self.pooled_grid(frames), self.image_newline[...])
     per_frame = tokens.shape[1]
     frames_per_item = pixel_values.shape[-4]
     return tokens.reshape(lead + (frames_per_item * per_frame, tokens.shape[-1]))

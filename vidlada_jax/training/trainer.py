@@ -4,7 +4,8 @@
     trainer.run()                           # trains to config.train.total_steps
 
 `config` is a job config (see `configs/`): sections `model`, `runtime`, `mesh`, `data`,
-`optimizer`, `train`, `checkpoint`. A work directory holds
+`optimizer`, `train`, `checkpoint`, and optionally `objective` (`objective_of`: VidLaDA's
+masked-diffusion loss by default). A work directory holds
 
     checkpoints/<step>/   vidlada-jax checkpoints with the optimizer state, step, RNG and the
                           input pipeline's position (`vidlada_jax.checkpoint`); the latest is
@@ -48,8 +49,10 @@ from vidlada_jax.training import data as data_lib
 from vidlada_jax.training.logs import MetricWriter
 from vidlada_jax.training.optimizer import (OptimizerConfig, check_prefixes, is_frozen,
                                             make_optimizer)
-from vidlada_jax.training.train_step import (StepFunctions, TrainState, make_train_step,
+from vidlada_jax.training.train_step import (CellColourPretraining, MaskedDiffusion, Objective,
+                                             StepFunctions, TrainState, make_train_step,
                                              state_shardings)
+from vidlada_jax.tower_pretraining import CellColours
 from vidlada_jax.vidlada import VidLaDA
 
 log = logging.getLogger(__name__)
@@ -110,6 +113,30 @@ def architecture_of(model_section: dict[str, Any]) -> ModelConfig:
   return config.replace(**overrides)
 
 
+OBJECTIVES = ('masked_diffusion', 'cell_colours')
+
+
+def objective_of(section: dict[str, Any], train: TrainConfig) -> Objective:
+  """The `objective` section: `name` is 'masked_diffusion' (VidLaDA's loss; the default, with
+  `train.loss_chunk`) or 'cell_colours' (pretraining the tower and projector alone on a synthetic
+  world; the other keys are `tower_pretraining.CellColours` fields: palette, background, ...)."""
+  settings = dict(section)
+  name = settings.pop('name', 'masked_diffusion')
+  if name == 'masked_diffusion':
+    if settings:
+      raise ValueError(f'config.objective "masked_diffusion" takes no settings; got '
+                       f'{", ".join(sorted(settings))} (its chunk is config.train.loss_chunk)')
+    return MaskedDiffusion(chunk=train.loss_chunk)
+  if name == 'cell_colours':
+    fields = {f.name for f in dataclasses.fields(CellColours)}
+    unknown = sorted(set(settings) - fields)
+    if unknown:
+      raise ValueError(f'config.objective "cell_colours" takes {", ".join(sorted(fields))}; '
+                       f'unknown: {", ".join(unknown)}')
+    return CellColourPretraining(CellColours(**settings))
+  raise ValueError(f'config.objective.name must be one of {", ".join(OBJECTIVES)}, got {name!r}')
+
+
 def check_batch_divides(train: TrainConfig, mesh, rules) -> None:
   batch_devices = sharding_lib.mesh_axis_size(mesh, dict(rules).get('batch'))
   if train.micro_batch % batch_devices:
@@ -147,9 +174,10 @@ class StepPlan:
 
 
 def plan_step(config: ModelConfig, optimizer: OptimizerConfig, train: TrainConfig, mesh,
-              rules) -> StepPlan:
+              rules, objective: Objective | None = None) -> StepPlan:
   """The jitted train step of a model of `config` (nothing allocated): which parameters train,
-  the optimizer over them, and every sharding. The trainer and `launch.memory_plan` share it."""
+  the optimizer over them, and every sharding. The trainer and `launch.memory_plan` share it.
+  The objective defaults to the masked-diffusion loss."""
   graphdef, abstract_state = abstract_model(config)
   shapes = {path: v.get_value() for path, v in flat_params(abstract_state).items()}
   check_prefixes(optimizer, shapes)
@@ -158,7 +186,8 @@ def plan_step(config: ModelConfig, optimizer: OptimizerConfig, train: TrainConfi
   if not trainable:
     raise ValueError('every parameter is frozen: nothing to train')
   tx, schedule = make_optimizer(optimizer, trainable, train.total_steps)
-  functions = StepFunctions(graphdef, abstract_state, tx, schedule, loss_chunk=train.loss_chunk)
+  functions = StepFunctions(graphdef, abstract_state, tx, schedule,
+                            objective=objective or MaskedDiffusion(chunk=train.loss_chunk))
   shardings = sharding_lib.target_shardings(abstract_state, mesh, rules)
   param_shardings = {p: shardings[p] for p in trainable}
   frozen_shardings = {p: shardings[p] for p in frozen}
@@ -178,6 +207,7 @@ class Trainer:
     self.train_config = TrainConfig(**_section(config, 'train'))
     self.checkpoint_config = CheckpointConfig(**_section(config, 'checkpoint'))
     self.optimizer_config = OptimizerConfig(**_tuples(_section(config, 'optimizer')))
+    self.objective = objective_of(_section(config, 'objective'), self.train_config)
     self.runtime = Runtime(**_section(config, 'runtime'))
     mesh_config = _section(config, 'mesh')
     rules = mesh_config.get('rules', 'fsdp')
@@ -239,7 +269,7 @@ class Trainer:
 
   def _setup_step(self, model) -> None:
     self.plan = plan_step(model.config, self.optimizer_config, self.train_config, self.mesh,
-                          self.rules)
+                          self.rules, self.objective)
     self.step_fn = self.plan.step_fn
     # Concrete weights (a fresh or loaded model); abstract when resuming.
     values = {path: v.get_value() for path, v in flat_params(nnx.state(model)).items()}
