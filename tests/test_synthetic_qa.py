@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from vidlada_jax import evaluation
 from vidlada_jax.fixtures import tiny_tokenizer
 from vidlada_jax.input_pipeline import annotations, chat, sources
 from vidlada_jax.input_pipeline import synthetic_qa as qa
@@ -175,7 +176,9 @@ def test_exported_clips_load_into_training_examples(splits, tmp_path):
     assert human['value'].startswith('<image>\n' + example['question'])
     if example['format'] == 'multiple_choice':
       assert 'A. ' in human['value'] and human['value'].endswith(qa.OPTIONS_INSTRUCTION)
-      assert gpt['value'] == example['answer_letter']
+      # The letter and its option, which the benchmarks' parser reads as the letter.
+      assert gpt['value'] == f"{example['answer_letter']}. {example['answer']}"
+      assert evaluation.parse_multiple_choice(gpt['value']) == example['answer_letter']
     else:
       assert gpt['value'] == example['answer']
   source = sources.VideoSource(records, tiny_tokenizer(), num_frames=8, image_size=32)

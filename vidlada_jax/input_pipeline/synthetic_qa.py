@@ -426,8 +426,12 @@ def prompt_text(example: Mapping[str, Any]) -> str:
 
 
 def reply_text(example: Mapping[str, Any]) -> str:
+  """The training reply: the short answer, or for multiple choice the letter and its option
+  ("B. red", which the benchmarks' parser reads as B). Naming the option lets multiple choice
+  share what free-form answers teach: the model can fill in the option from the frames and
+  then the letter from the prompt's list (README, "The demo model")."""
   if as_text(example['format']) == 'multiple_choice':
-    return as_text(example['answer_letter'])
+    return f'{as_text(example["answer_letter"])}. {as_text(example["answer"])}'
   return as_text(example['answer'])
 
 
