@@ -7,7 +7,8 @@ see its PROVENANCE.md) and answers the question of one bundled test clip (`asset
 --question about it, twice: with plain diffusion decoding (every step recomputes every token, as
 the reference does) and with MARS-Cache. It prints the spliced sequence, the answer of each, the
 expected answer (for the clip's own question) and whether the answer matches it, and the timings
-side by side: compilation apart, then the decode itself.
+side by side: compilation apart, then the decode itself. Last, it answers every bundled clip's
+own question (one per question type, plain decoding) and says which answers are right.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
     print(f'answer ({name}): {answer or "(empty answer)"}')
   if not args.question:
     multiple_choice = clip['format'] == 'multiple_choice'
-    target = clip['answer_letter'] if multiple_choice else clip['answer']
+    target = expected_answer(clip)
     correct = evaluation.score(rows[0][1], target, multiple_choice=multiple_choice)
     shown = f'{target} ({clip["answer"]})' if multiple_choice else target
     print(f'expected: {shown}  -> {"correct" if correct else "wrong"}')
@@ -90,7 +91,34 @@ def main(argv=None) -> int:
           f'{plain_seconds / seconds:>8.1f}x')
   print(f'({GEN_LENGTH} tokens, {STEPS} steps, one block; '
         f'{config.tokens_per_frame} visual tokens a frame)')
+  print_bundled_clips(sampler, list(clips.values()))
   return 0
+
+
+def expected_answer(clip: dict) -> str:
+  """What a right answer names: the option letter for multiple choice, else the answer."""
+  return clip['answer_letter'] if clip['format'] == 'multiple_choice' else clip['answer']
+
+
+def print_bundled_clips(sampler: sample.Sampler, clips: list[dict]) -> int:
+  """Answers every bundled clip's own question (plain decoding) and prints which are right;
+  returns how many are."""
+  sampler.cache = sample.CACHE_POLICIES['none']
+  items = [sample.Item(clip['id'], Path(clip['video']), synthetic_qa.question_text(clip))
+           for clip in clips]
+  answers, _ = sampler.answer(items, batch_size=len(items))
+  print('\nevery bundled clip, its own question (plain decoding):')
+  print(f'{"clip":<12}{"question type":<19}{"format":<17}{"expected":<10}{"answer":<12}')
+  right = 0
+  for clip, answer in zip(clips, answers):
+    correct = evaluation.score(answer.answer, expected_answer(clip),
+                               multiple_choice=clip['format'] == 'multiple_choice')
+    right += correct
+    print(f'{clip["id"]:<12}{clip["question_type"]:<19}{clip["format"]:<17}'
+          f'{expected_answer(clip):<10}{(answer.answer or "(empty)"):<12}'
+          f'{"right" if correct else "wrong"}')
+  print(f'{right} of {len(clips)} right')
+  return right
 
 
 if __name__ == '__main__':
