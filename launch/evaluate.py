@@ -22,9 +22,9 @@ Answers are scored as the benchmarks' reference evaluation does (`vidlada_jax.ev
 option letter for multiple choice, the normalised short answer otherwise. One JSON record per
 item (id, question_type, format, question, options, target, answer, correct, error, cache,
 seconds: its share of its batch's time, tokens, settings) is appended to the output file
-(default `<output-dir>/synthetic_video_qa_<split>_<cache>.jsonl`) as soon as its batch is
-decoded, so an interrupted run loses at most one batch, and --resume skips the ids the file
-already holds. An existing file is never overwritten. An item whose video cannot be read is
+(default `<output-dir>/synthetic_video_qa_<split>_<cache>.jsonl`, or `..._<config>_<split>_...`
+for a config other than `default`) as soon as its batch is decoded, so an interrupted run loses
+at most one batch, and --resume skips the ids the file already holds. An existing file is never overwritten. An item whose video cannot be read is
 recorded with its "error" and counts as wrong; the run goes on.
 
 --cache all (or a comma list) evaluates several cache policies in turn on the same items and
@@ -414,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
 def output_path(args, cache: str) -> Path:
   if args.output:
     return Path(args.output)
-  return Path(args.output_dir) / f'{args.task}_{args.split}_{cache}.jsonl'
+  # Another config of the task (e.g. `long`) gets its own file beside the default's.
+  config = '' if args.config == 'default' else f'{args.config}_'
+  return Path(args.output_dir) / f'{args.task}_{config}{args.split}_{cache}.jsonl'
 
 
 def main(argv=None) -> int:

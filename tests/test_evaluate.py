@@ -8,6 +8,7 @@ shapes so that only a handful of programs compile.
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -127,11 +128,27 @@ def test_several_cache_policies(files, capsys, tmp_path):
   for cache, entry in result['policies'].items():
     assert entry['items'] == 3 and 0.0 <= entry['token_agreement_with_none'] <= 1.0
     assert 'speedup_vs_none' in entry
-    records = read(tmp_path / f'synthetic_video_qa_test_{cache}.jsonl')
+    records = read(tmp_path / f'synthetic_video_qa_tiny_test_{cache}.jsonl')  # config tiny
     assert {r['cache'] for r in records} == {cache}
   assert result['policies']['none']['token_agreement_with_none'] == 1.0
   assert result['cache'] == 'none' and result['accuracy'] == result['policies']['none']['accuracy']
   assert 'token agreement' in err and 'speedup vs none' in err
+
+
+def test_each_config_gets_its_own_default_output(tmp_path):
+  """Evaluating `long` after `default` in one output dir writes a second file, not a clash."""
+  import argparse
+
+  from launch.evaluate import output_path
+
+  def path(config, output=None):
+    return output_path(argparse.Namespace(output=output, output_dir=str(tmp_path),
+                                          task='synthetic_video_qa', split='test',
+                                          config=config), 'mars')
+
+  assert path('default') == tmp_path / 'synthetic_video_qa_test_mars.jsonl'
+  assert path('long') == tmp_path / 'synthetic_video_qa_long_test_mars.jsonl'
+  assert path('long', output='r.jsonl') == Path('r.jsonl')
 
 
 @pytest.mark.parametrize('extra, message', [
