@@ -9,7 +9,9 @@ PYTEST_ARGS ?=
 # Debian's chromium drives the web page's browser test (playwright downloads no browser here).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup browser demo test clean
+.PHONY: setup browser demo demo-model test clean
+# Where `make demo-model` trains (a finished run there is resumed, never overwritten).
+DEMO_RUNS ?= runs/demo
 
 setup: $(STAMP)
 
@@ -30,6 +32,15 @@ browser:
 
 demo: $(STAMP)
 	$(BIN)/python -m launch.demo
+
+# Retrains the bundled demo model (about an hour on 2 CPU cores) and packages it into assets/.
+demo-model: $(STAMP)
+	$(BIN)/python -m launch.train --config configs/demo.py:stage=tower --workdir $(DEMO_RUNS)/tower
+	$(BIN)/python -m launch.train --config configs/demo.py:init=$(DEMO_RUNS)/tower --workdir $(DEMO_RUNS)/qa
+	$(BIN)/python -m launch.evaluate --checkpoint $(DEMO_RUNS)/qa --split test \
+	  --output-dir $(DEMO_RUNS)/evaluate --resume --json > $(DEMO_RUNS)/evaluation.json
+	$(BIN)/python -m launch.package_demo --tower-workdir $(DEMO_RUNS)/tower \
+	  --workdir $(DEMO_RUNS)/qa --evaluation $(DEMO_RUNS)/evaluation.json
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests

@@ -89,7 +89,7 @@ def test_library_does_not_import_job_configs():
 @pytest.mark.parametrize('name, arg', [
     ('tiny', None), ('tiny', 'stage=3,init=/runs/tiny2'), ('stage1', None),
     ('stage2', 'frames=32,init=/runs/stage1'), ('stage3', None), ('llada_v_finetune', None),
-    ('demo', None)])
+    ('demo', None), ('demo', 'stage=tower'), ('demo', 'init=/runs/demo-tower')])
 def test_job_configs_fill_the_library_schema(name, arg):
   """Every job config builds, and each section is accepted by the dataclass it fills."""
   import importlib

@@ -94,6 +94,27 @@ def test_objective_section_of_a_job_config():
     objective_of({'name': 'masked_diffusion', 'palette': []}, train)
 
 
+def test_demo_stage_zero_reads_every_colour_the_task_draws():
+  """configs/demo.py:stage=tower labels the square, the six flash colours and the ball, each
+  distinct from the background beyond the tolerance, and freezes the LM."""
+  from configs import demo
+  from vidlada_jax.input_pipeline import synthetic_qa
+
+  config = demo.get_config('stage=tower')
+  objective = objective_of(dict(config.objective), TrainConfig(
+      total_steps=1, global_batch=1, micro_batch=1, loss_chunk=32)).objective
+  drawn = {synthetic_qa.NEUTRAL_SQUARE, synthetic_qa.BALL, *synthetic_qa.COLOURS.values()}
+  assert set(objective.palette) == {tuple(c) for c in drawn} and len(objective.palette) == 8
+  background = np.array(objective.background)
+  assert min(np.linalg.norm(np.array(c) - background) for c in objective.palette) > objective.tolerance
+  assert tuple(config.optimizer.frozen) == ('lm', 'image_newline')
+  qa = demo.get_config('init=/runs/demo-tower')
+  assert qa.model.init_checkpoint == '/runs/demo-tower' and qa.objective.name == 'masked_diffusion'
+  assert tuple(qa.optimizer.frozen) == ('vision_tower', 'mm_projector')
+  with pytest.raises(ValueError, match='stage=tower starts from random weights'):
+    demo.get_config('stage=tower,init=/runs/x')
+
+
 def test_train_step_teaches_the_tower_and_leaves_the_lm_alone():
   """Steps of the cell-colour objective through the trainer's step function: the loss and the
   wrong labels fall on a fixed batch, only the tower and projector are given to the optimizer,
