@@ -20,7 +20,7 @@ and never run. Stage 1 (the default, `init=` stage 0's work directory) trains th
 task's questions with the masked-diffusion loss, the tower and projector frozen, on 16-frame
 clips with prompts exactly as `launch.sample` renders them (no time instruction, "/no_think"
 appended), so the checkpoint answers through the ordinary inference path. Without `init` stage 1
-starts from random weights: the recipe the README measures staying at chance.
+starts from random weights: the recipe docs/demo-model.md measures staying at chance.
 
 Knobs: stage (tower | qa), init, steps, batch, lr, train_size (clips in the train split; default:
 one pass), workers (decoding processes).

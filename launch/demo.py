@@ -23,7 +23,7 @@ from vidlada_jax import evaluation
 from vidlada_jax.input_pipeline import synthetic_qa
 from vidlada_jax.sampling import SamplerConfig
 
-DEFAULT_CLIP = 'test_00004'  # a middle_event question: the evidence is only mid-clip
+DEFAULT_CLIP = 'test_00010'  # a middle_event question: the evidence is only mid-clip
 # What the demo model was evaluated with (README: MARS-Cache on the demo model).
 GEN_LENGTH = STEPS = BLOCK_LENGTH = 16
 POLICIES = ('none', 'mars')
@@ -108,15 +108,16 @@ def print_bundled_clips(sampler: sample.Sampler, clips: list[dict]) -> int:
            for clip in clips]
   answers, _ = sampler.answer(items, batch_size=len(items))
   print('\nevery bundled clip, its own question (plain decoding):')
-  print(f'{"clip":<12}{"question type":<19}{"format":<17}{"expected":<10}{"answer":<12}')
+  print(f'{"clip":<12}{"question type":<19}{"format":<17}{"expected":<12}{"answer":<12}')
   right = 0
   for clip, answer in zip(clips, answers):
+    multiple_choice = clip['format'] == 'multiple_choice'
     correct = evaluation.score(answer.answer, expected_answer(clip),
-                               multiple_choice=clip['format'] == 'multiple_choice')
+                               multiple_choice=multiple_choice)
     right += correct
+    expected = f'{clip["answer_letter"]}. {clip["answer"]}' if multiple_choice else clip['answer']
     print(f'{clip["id"]:<12}{clip["question_type"]:<19}{clip["format"]:<17}'
-          f'{expected_answer(clip):<10}{(answer.answer or "(empty)"):<12}'
-          f'{"right" if correct else "wrong"}')
+          f'{expected:<12}{(answer.answer or "(empty)"):<12}{"right" if correct else "wrong"}')
   print(f'{right} of {len(clips)} right')
   return right
 

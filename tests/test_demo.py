@@ -58,7 +58,15 @@ def test_training_prompt_is_the_inference_prompt(tmp_path):
 
 def test_bundled_clips_match_the_test_split():
   clips = assets.demo_clips()
-  assert [c['question_type'] for c in clips] == list(synthetic_qa.QUESTION_TYPES)
+  # Every question type in each format, the type's first test clip of that format.
+  assert [(c['question_type'], c['format']) for c in clips] == [
+      (kind, form) for kind in synthetic_qa.QUESTION_TYPES
+      for form in ('free_form', 'multiple_choice')]
+  for clip in clips:
+    earlier = [synthetic_qa.make_example(0, 'test', i, num_frames=16, size=64)
+               for i in range(int(clip['id'].split('_')[1]))]
+    assert (clip['question_type'], clip['format']) not in {
+        (e['question_type'], e['format']) for e in earlier}
   for clip in clips:
     index = int(clip['id'].split('_')[1])
     example = synthetic_qa.make_example(0, 'test', index, num_frames=16, size=64)
@@ -93,5 +101,14 @@ def test_main_job_answers_the_bundled_clip(capsys):
   answers = [line for line in out.splitlines() if line.startswith('answer (')]
   assert answers[0] == f'answer (plain decoding): {expected.answer or "(empty answer)"}'
   assert answers[1].startswith('answer (MARS-Cache): ')
-  assert f'expected: {clip["answer_letter"]} ({clip["answer"]})  -> ' in out
+  shown = (f'{clip["answer_letter"]} ({clip["answer"]})'
+           if clip['format'] == 'multiple_choice' else clip['answer'])
+  assert f'expected: {shown}  -> ' in out
   assert 'MARS-Cache' in out and 'speedup' in out
+  # The table of every bundled clip: one row each, and a total that counts the rows marked right.
+  clips = assets.demo_clips()
+  rows = [line.split() for line in out.splitlines()
+          if line.split()[:1] and line.split()[0] in {c['id'] for c in clips}]
+  assert [row[0] for row in rows] == [c['id'] for c in clips]
+  assert all(row[-1] in ('right', 'wrong') for row in rows)
+  assert f'{sum(row[-1] == "right" for row in rows)} of {len(clips)} right' in out

@@ -2,7 +2,7 @@
 
 VidLaDA's tower is SigLIP2, pretrained on image-text pairs long before stage 1. A tower trained
 from random weights inside the video-QA model does not get there: its visual tokens barely vary
-with what a frame shows (README, "The demo model"). The demo recipe therefore has a stage 0 that
+with what a frame shows (docs/demo-model.md). The demo recipe therefore has a stage 0 that
 trains the tower and projector alone, with a stand-in for SigLIP's image-text loss that needs no
 text tower: every pooled visual token predicts, for each colour of the world's palette, whether
 that colour is present in its region and in each of the patches it pools.
