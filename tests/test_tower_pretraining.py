@@ -127,7 +127,7 @@ def test_train_step_teaches_the_tower_and_leaves_the_lm_alone():
   tx = optax.adam(3e-3)
   functions = StepFunctions(graphdef, nnx.split(nnx.eval_shape(lambda: model))[1], tx,
                             lambda step: 3e-3, objective=CellColourPretraining(OBJECTIVE))
-  assert functions.metric_names[-1] == 'label_errors'
+  assert functions.metric_names[-2:] == ('label_errors', 'params_finite')
   frames = np.stack([np.roll(frame_with_objects(), shift, axis=(0, 1))
                      for shift in [(0, 0), (16, 16), (32, 0), (0, 32)]])
   batch = {'frames': jnp.asarray(frames[None])}  # [accumulation, micro, H, W, 3]

@@ -96,7 +96,7 @@ class StepFunctions:
 
   @property
   def metric_names(self) -> tuple[str, ...]:
-    return ('loss', 'grad_norm', 'learning_rate', self.objective.count_name)
+    return ('loss', 'grad_norm', 'learning_rate', self.objective.count_name, 'params_finite')
 
 
 def _loss(functions: StepFunctions, trainable, frozen, micro, key):
@@ -136,7 +136,11 @@ def train_step(functions: StepFunctions, state: TrainState, frozen: dict[str, ja
   params = optax.apply_updates(state.params, updates)
   metrics = {'loss': loss, 'grad_norm': optax.tree.norm(grads),
              'learning_rate': functions.lr_schedule(state.step),
-             functions.objective.count_name: count}
+             functions.objective.count_name: count,
+             # A finite loss can still give non-finite weights (an overflowing update): the
+             # trainer checks this before every save.
+             'params_finite': jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
+                                                 for p in jax.tree.leaves(params)]))}
   return TrainState(params=params, opt_state=opt_state, step=state.step + 1, rng=state.rng), metrics
 
 

@@ -16,8 +16,9 @@ masked-diffusion loss by default). A work directory holds
     config.json           the job config as run
 
 Saving is asynchronous (orbax `training.Checkpointer`) every `checkpoint.every` steps, keeping the
-last `checkpoint.keep`, plus a final save at the end and on SIGTERM (preemption). A non-finite
-loss stops the run before anything is saved, so the last good checkpoint stays the latest.
+last `checkpoint.keep`, plus a final save at the end and on SIGTERM (preemption). The loss and
+the weights are checked before every save (not only on logged steps): a non-finite one stops the
+run without saving, so every checkpoint on disk is good and the latest is the last good one.
 """
 
 from __future__ import annotations
@@ -340,23 +341,28 @@ class Trainer:
                desc='train', dynamic_ncols=True)
     summary = dict(start_step=start_step, preempted=False)
     step = start_step
+    interval_start, interval_steps = time.perf_counter(), 0
     try:
       while step < total:
-        tick = time.perf_counter()
         host_batch = next(self.data)
         batch = data_lib.device_batch(host_batch, self.mesh, self.rules, self.train_config,
                                       pad_id=self.model_config.tokens.eos)
         self.state, metrics = self.step_fn(self.state, self.frozen, batch)
         step += 1
-        if step % self.train_config.log_every == 0 or step == total:
-          # Replicated scalars: every process reads its own copy.
+        interval_steps += 1
+        logged = step % self.train_config.log_every == 0 or step == total
+        saving = step < total and self.checkpointer.should_save(step)
+        stopping = preempted.check(step)
+        if logged or saving or stopping:
+          # Replicated scalars: every process reads its own copy. Checked before anything is
+          # saved, so every checkpoint on disk holds finite weights.
           scalars = {k: float(np.asarray(v.addressable_data(0))) for k, v in metrics.items()}
-          if not math.isfinite(scalars['loss']):
-            raise NonFiniteLoss(
-                f'the loss is {scalars["loss"]} at step {step}; stopping without saving. The '
-                f'last good checkpoint is {self._latest_description()}. Lower the learning '
-                'rate or check the data (config.optimizer, config.data).')
-          seconds = time.perf_counter() - tick
+          self._check_finite(scalars, step)
+          del scalars['params_finite']
+        if logged:
+          # Over the interval since the last log: steps are dispatched asynchronously, so one
+          # step's wall time would also hold the queued ones'.
+          seconds = (time.perf_counter() - interval_start) / interval_steps
           tokens = int(np.prod(batch['input_ids'].shape))  # global
           scalars.update(step_time_s=seconds, tokens_per_s=tokens / seconds)
           if 'skipped' in host_batch:  # unreadable videos so far (this host's count)
@@ -364,10 +370,11 @@ class Trainer:
           if writer:
             writer.write(step, scalars)
           bar.set_postfix(loss=f'{scalars["loss"]:.4f}', lr=f'{scalars["learning_rate"]:.2e}')
+          interval_start, interval_steps = time.perf_counter(), 0
         bar.update(1)
-        if step < total:
+        if saving:
           self._save(step)
-        if preempted.check(step):
+        if stopping:
           log.warning('preempted at step %d: saving a checkpoint and stopping', step)
           self._save(step, force=True)
           summary['preempted'] = True
@@ -383,6 +390,15 @@ class Trainer:
         writer.close()
     summary.update(end_step=step, workdir=str(self.workdir))
     return summary
+
+  def _check_finite(self, scalars: dict[str, float], step: int) -> None:
+    problem = (f'the loss is {scalars["loss"]}' if not math.isfinite(scalars['loss']) else
+               'the weights are not finite' if not scalars['params_finite'] else None)
+    if problem:
+      raise NonFiniteLoss(
+          f'{problem} at step {step}; stopping without saving. The last good checkpoint is '
+          f'{self._latest_description()}. Lower the learning rate or check the data '
+          '(config.optimizer, config.data).')
 
   def _latest_description(self) -> str:
     latest = self.checkpointer.latest
