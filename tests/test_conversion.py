@@ -119,6 +119,28 @@ def test_sharded_export_writes_an_index(tmp_path, combined):
   assert_bit_exact(read_all(source), read_all(back))
 
 
+def test_export_is_on_disk_before_it_is_renamed_into_place(tmp_path, combined, monkeypatch):
+  """Every exported file, and the directory holding it, is fsynced before the rename that makes
+  the export look complete; the parent directory after it."""
+  import os
+
+  events = []
+  real_fsync, real_rename = os.fsync, Path.rename
+  monkeypatch.setattr(os, 'fsync', lambda fd: (events.append(
+      ('fsync', os.readlink(f'/proc/self/fd/{fd}'))), real_fsync(fd))[1])
+  monkeypatch.setattr(Path, 'rename', lambda self, target: (events.append(
+      ('rename', str(self))), real_rename(self, target))[1])
+  source = combined_checkpoint(tmp_path / 'hf', combined)
+  back = round_trip(tmp_path, source, max_shard_size='100KB')
+  staging = f'{back}.incomplete'
+  published = next(i for i, event in enumerate(events) if event == ('rename', staging))
+  synced = {path for kind, path in events[:published] if kind == 'fsync'}
+  for file in back.iterdir():
+    assert f'{staging}/{file.name}' in synced, file.name
+  assert staging in synced
+  assert ('fsync', str(back.parent)) in events[published:]
+
+
 def read_all_file(file: Path) -> dict[str, torch.Tensor]:
   with safe_open(str(file), 'pt') as handle:
     return {name: handle.get_tensor(name) for name in handle.keys()}

@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterator
@@ -194,6 +195,9 @@ def staged_output(destination, overwrite: bool = False, *, create: bool = True) 
     raise
   _barrier('vidlada_staging_complete')
   if _is_primary():
+    # On disk before the rename publishes them: after a crash the destination is either the
+    # old one or complete, never a complete-looking directory of truncated files.
+    _sync_tree(staging)
     if destination.exists():
       retired = destination.parent / f'.{destination.name}.replaced'
       if retired.exists():
@@ -203,7 +207,24 @@ def staged_output(destination, overwrite: bool = False, *, create: bool = True) 
       shutil.rmtree(retired)
     else:
       staging.rename(destination)
+    _fsync(destination.parent)  # the rename itself
   _barrier('vidlada_staging_renamed')
+
+
+def _fsync(path: Path) -> None:
+  descriptor = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(descriptor)
+  finally:
+    os.close(descriptor)
+
+
+def _sync_tree(root: Path) -> None:
+  """fsyncs every file and directory under `root`, then `root`."""
+  for path in sorted(root.rglob('*'), reverse=True):  # children before their directories
+    if path.is_file() or path.is_dir():
+      _fsync(path)
+  _fsync(root)
 
 
 def copy_tokenizer_files(source: Path, destination: Path) -> list[str]:
