@@ -112,6 +112,10 @@ CACHE_POLICIES = {
 }
 
 
+class PromptTooLong(ValueError):
+  """A prompt (text and frames) and its canvas do not fit the context: bad input, not a bug."""
+
+
 class Sampler:
   """A loaded model and tokenizer answering batches of items with fixed sampler settings."""
 
@@ -147,7 +151,7 @@ class Sampler:
     prompt = prompting.tokenize(self.tokenizer, text)
     length = len(prompt) - 1 + len(clip.frames) * self.model.config.tokens_per_frame
     if length + self.settings.gen_length > self.max_length:
-      raise ValueError(
+      raise PromptTooLong(
           f'{item.video}: the prompt is {length} tokens ({len(prompt) - 1} text + '
           f'{len(clip.frames)} frames x {self.model.config.tokens_per_frame} visual) and with '
           f'--gen-length {self.settings.gen_length} exceeds the {self.max_length}-token context; '
@@ -169,7 +173,7 @@ class Sampler:
       start = time.perf_counter()
       try:
         clip, prompt = self.prepare(item)
-      except (VideoError, FileNotFoundError, ValueError) as e:
+      except (VideoError, FileNotFoundError, PromptTooLong) as e:  # bad input; a bug surfaces
         if not keep_going:
           raise
         answers[item.id] = Answer(id=item.id, video=str(item.video), question=item.question,

@@ -53,14 +53,17 @@ def main(argv) -> int:
 
   try:
     trainer = Trainer(FLAGS.config, FLAGS.workdir, progress=FLAGS.progress)
+  except (ValueError, FileNotFoundError) as e:  # the job config, its data or its init checkpoint
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  # From here on a ValueError is a bug, and surfaces with its traceback.
+  try:
     summary = trainer.run()
-    trainer.close()
   except NonFiniteLoss as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  except (ValueError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  finally:
+    trainer.close()
   if jax.process_index() == 0:
     state = 'preempted, checkpoint saved at' if summary['preempted'] else 'finished at'
     print(f'{state} step {summary["end_step"]}: {summary["workdir"]}')

@@ -165,3 +165,25 @@ def test_frames_follow_the_checkpoint_tower_resolution(files, capsys, tmp_path):
   (answer,) = json.loads(out)['answers']
   assert answer['num_frames'] == 6
   assert answer['prompt_tokens'] > 6 * config.tokens_per_frame  # 20 visual tokens a frame
+
+
+def test_keep_going_records_bad_input_and_lets_bugs_surface(files, monkeypatch):
+  """With keep_going, a prompt too long for the context becomes that item's error; any other
+  ValueError is a bug and propagates with its traceback."""
+  from vidlada_jax.sampling import SamplerConfig
+
+  _, checkpoint, long_clip, short_clip = files
+  sampler = sample.Sampler(checkpoint, SamplerConfig(gen_length=8, steps=8, block_length=8),
+                           frames=6, max_length=64)
+  items = [sample.Item('long', long_clip, 'Q?'), sample.Item('short', short_clip, 'Q?')]
+  with pytest.raises(sample.PromptTooLong):
+    sampler.answer(items, batch_size=2)
+  answers, _ = sampler.answer(items, batch_size=2, keep_going=True)
+  assert 'exceeds the 64-token context' in answers[0].error
+
+  def broken(item):
+    raise ValueError('a bug in preparing the prompt')
+
+  monkeypatch.setattr(sampler, 'prepare', broken)
+  with pytest.raises(ValueError, match='a bug in preparing the prompt'):
+    sampler.answer(items, batch_size=2, keep_going=True)
