@@ -87,12 +87,30 @@ def test_unknown_backend_is_named():
     ('cpu', jnp.bfloat16, 'xla_chunked', 'xla_chunked'),
     ('gpu', jnp.bfloat16, 'cudnn', 'xla_chunked'),  # cuDNN refuses 729-token sequences
     ('gpu', jnp.float32, 'xla_chunked', 'xla_chunked'),
+    ('cuda', jnp.bfloat16, 'cudnn', 'xla_chunked'),
+    ('rocm', jnp.bfloat16, 'xla_chunked', 'xla_chunked'),  # cuDNN is NVIDIA's
     ('tpu', jnp.bfloat16, 'splash', 'xla_chunked'),
 ])
 def test_auto_is_resolved_from_platform_and_dtype(platform, dtype, lm, vision):
   assert attention.get_backend('auto', platform=platform, dtype=dtype).name == lm
   vision_backend = attention.get_backend('auto', platform=platform, dtype=dtype, tower='vision')
   assert vision_backend.name == vision
+
+
+def test_current_platform_tells_gpus_apart(monkeypatch):
+  assert attention.current_platform() == jax.default_backend()  # 'cpu' here
+
+  class Client:
+    platform_version = 'rocm 6.2.0'
+
+  class Device:
+    client = Client()
+
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  monkeypatch.setattr(jax, 'devices', lambda: [Device()])
+  assert attention.current_platform() == 'rocm'
+  Client.platform_version = 'PJRT C API\ncuda 12080'
+  assert attention.current_platform() == 'cuda'
 
 
 def test_towers_choose_their_backends_separately():

@@ -200,6 +200,15 @@ def available_backends() -> tuple[str, ...]:
   return tuple(sorted(_BACKENDS)) + ('auto',)
 
 
+def current_platform() -> str:
+  """jax's default backend, with GPUs told apart: 'cuda' or 'rocm' rather than 'gpu'."""
+  platform = jax.default_backend()
+  if platform == 'gpu':
+    version = jax.devices()[0].client.platform_version.lower()
+    return 'rocm' if 'rocm' in version or 'hip' in version else 'cuda'
+  return platform
+
+
 def resolve_auto(platform: str, dtype, *, tower: str = 'lm') -> str:
   """The backend `auto` means on `platform` for a `dtype` computation.
 
@@ -209,7 +218,8 @@ def resolve_auto(platform: str, dtype, *, tower: str = 'lm') -> str:
   chunked XLA path on both.
   """
   half = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
-  if platform in ('gpu', 'cuda', 'rocm') and half and tower == 'lm':
+  # cuDNN is NVIDIA's: ROCm GPUs take the portable path.
+  if platform in ('gpu', 'cuda') and half and tower == 'lm':
     return 'cudnn'
   if platform == 'tpu' and tower == 'lm':
     return 'splash'
@@ -220,7 +230,7 @@ def get_backend(name: str, *, dtype=jnp.float32, tower: str = 'lm', interpret: b
                 platform: str | None = None) -> Attention:
   """The `Attention` op called `name` (`auto`: chosen from the platform and dtype)."""
   if name == 'auto':
-    name = resolve_auto(platform or jax.default_backend(), dtype, tower=tower)
+    name = resolve_auto(platform or current_platform(), dtype, tower=tower)
   try:
     dense, sparse = _BACKENDS[name]
   except KeyError:
