@@ -117,15 +117,17 @@ def test_long_gop_seeks_land_on_the_one_keyframe_and_near_frames_decode_forward(
   assert sorted(decoded) == [260, 270, 299]
 
 
-def test_a_file_that_cannot_seek_is_decoded_from_its_start(clips, monkeypatch):
+def test_a_file_that_cannot_seek_is_decoded_from_its_start(clips, monkeypatch, caplog):
   def refuse(*args, **kwargs):
     raise av.error.PermissionError(1, 'seeking refused (as by a container without an index)')
 
   monkeypatch.setattr(av.container.InputContainer, 'seek', refuse, raising=False)
   path = clips['mpeg4']
   everything, _ = decode_everything(path)
-  decoded, stats = video._read_frames(path, [5, 100, 149])
+  with caplog.at_level('INFO', logger='vidlada_jax.video'):
+    decoded, stats = video._read_frames(path, [5, 100, 149])
   assert stats.sequential
+  assert 'seeking failed' in caplog.text and 'seeking refused' in caplog.text  # and it says so
   for i in (5, 100, 149):
     np.testing.assert_array_equal(decoded[i], everything[i])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from fractions import Fraction
@@ -13,6 +14,8 @@ import av
 import numpy as np
 
 from vidlada_jax.preprocess import evaluation_frame_indices, training_frame_indices
+
+log = logging.getLogger(__name__)
 
 
 class VideoError(ValueError):
@@ -158,8 +161,10 @@ def _read_frames(path: Path, wanted: list[int]) -> tuple[dict[int, np.ndarray], 
     try:
       decoded, frames_decoded, seeks = _read_by_seeking(container, wanted, rate)
       return decoded, DecodeStats(frames_decoded=frames_decoded, seeks=seeks, sequential=False)
-    except (_SeekUnreliable, av.FFmpegError):
-      pass  # decoded again from the start below, which also names a truncated file as such
+    except (_SeekUnreliable, av.FFmpegError) as e:
+      # Decoded again from the start below, which also names a truncated file as such; slower
+      # on long files, so say so.
+      log.info('%s: seeking failed (%s); decoding it from the start', path, e)
   with _open(path) as container:
     decoded, count = _read_sequential(container, wanted)
   return decoded, DecodeStats(frames_decoded=count, seeks=0, sequential=True)
