@@ -31,15 +31,15 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
 demo: $(STAMP)
-	$(BIN)/python -m launch.demo
+	$(BIN)/python -m vidlada_jax.launch.demo
 
 # Retrains the bundled demo model (about an hour on 2 CPU cores) and packages it into assets/.
 demo-model: $(STAMP)
-	$(BIN)/python -m launch.train --config configs/demo.py:stage=tower --workdir $(DEMO_RUNS)/tower
-	$(BIN)/python -m launch.train --config configs/demo.py:init=$(DEMO_RUNS)/tower --workdir $(DEMO_RUNS)/qa
-	$(BIN)/python -m launch.evaluate --checkpoint $(DEMO_RUNS)/qa --split test \
+	$(BIN)/python -m vidlada_jax.launch.train --config configs/demo.py:stage=tower --workdir $(DEMO_RUNS)/tower
+	$(BIN)/python -m vidlada_jax.launch.train --config configs/demo.py:init=$(DEMO_RUNS)/tower --workdir $(DEMO_RUNS)/qa
+	$(BIN)/python -m vidlada_jax.launch.evaluate --checkpoint $(DEMO_RUNS)/qa --split test \
 	  --output-dir $(DEMO_RUNS)/evaluate --resume --json > $(DEMO_RUNS)/evaluation.json
-	$(BIN)/python -m launch.package_demo --tower-workdir $(DEMO_RUNS)/tower \
+	$(BIN)/python -m vidlada_jax.launch.package_demo --tower-workdir $(DEMO_RUNS)/tower \
 	  --workdir $(DEMO_RUNS)/qa --evaluation $(DEMO_RUNS)/evaluation.json
 
 test: $(STAMP) browser

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 import vidlada_jax as vj  # noqa: E402
-from convert import hf_to_jax  # noqa: E402
+from vidlada_jax.convert import hf_to_jax  # noqa: E402
 from vidlada_jax import sharding  # noqa: E402
 
 assert jax.device_count() == 8 and jax.local_device_count() == 4

@@ -1,4 +1,4 @@
-"""launch.app: the traced answer in Python, and the page in a headless Chromium.
+"""vidlada_jax.launch.app: the traced answer in Python, and the page in a headless Chromium.
 
 The model is the demo architecture with random weights and the demo tokenizer, whose special
 tokens sit at moved ids (1024..), so nothing may assume LLaDA's 126k ids.
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import vidlada_jax as vj
-from launch import app, sample
+from vidlada_jax.launch import app, sample
 from vidlada_jax import prompting
 from vidlada_jax.fixtures import demo_tokenizer
 from vidlada_jax.input_pipeline.synthetic import synthetic_clip

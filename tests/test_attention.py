@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import vidlada_jax as vj
-from pallas_kernels import block_sparse
+from vidlada_jax.attention_backends import block_sparse
 from vidlada_jax.nn import attention
 
 BACKENDS = [name for name in attention.available_backends() if name != 'auto']

@@ -27,11 +27,11 @@ import numpy as np
 import pytest
 from jax.extend import core as jax_core
 
-from pallas_kernels import _gpu_api
-from pallas_kernels import block_sparse
-from pallas_kernels import gpu
-from pallas_kernels import xla_gather
-from pallas_kernels.block_sparse import GLOBAL, PAD
+from vidlada_jax.attention_backends import _gpu_api
+from vidlada_jax.attention_backends import block_sparse
+from vidlada_jax.attention_backends import gpu
+from vidlada_jax.attention_backends import xla_gather
+from vidlada_jax.attention_backends.block_sparse import GLOBAL, PAD
 
 G = GLOBAL
 F32_TOL = 1e-5

@@ -80,8 +80,9 @@ def test_library_does_not_import_job_configs():
   import subprocess
   import sys
 
-  code = ('import sys, vidlada_jax, vidlada_jax.training, convert.hf_to_jax, convert.jax_to_hf; '
-          'print(sorted(m for m in sys.modules if m == "configs" or m.startswith("configs.")))')
+  code = ('import sys, vidlada_jax as vj, vidlada_jax.training, vidlada_jax.convert.hf_to_jax, '
+          'vidlada_jax.convert.jax_to_hf; vj.generate; '
+          'print(sorted(m for m in sys.modules if m.startswith("vidlada_jax.configs")))')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == '[]'
 
@@ -97,7 +98,7 @@ def test_job_configs_fill_the_library_schema(name, arg):
   from vidlada_jax.training import CheckpointConfig, OptimizerConfig, TrainConfig
   from vidlada_jax.training.trainer import _section, _tuples
 
-  config = importlib.import_module(f'configs.{name}').get_config(arg)
+  config = importlib.import_module(f'vidlada_jax.configs.{name}').get_config(arg)
   vj.Runtime(**_section(config, 'runtime'))
   optimizer = OptimizerConfig(**_tuples(_section(config, 'optimizer')))
   TrainConfig(**_section(config, 'train'))
@@ -108,7 +109,7 @@ def test_job_configs_fill_the_library_schema(name, arg):
 
 
 def test_config_arguments_are_checked():
-  from configs import tiny
+  from vidlada_jax.configs import tiny
 
   with pytest.raises(ValueError, match="unknown config argument 'frame=2'"):
     tiny.get_config('frame=2')

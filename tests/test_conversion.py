@@ -13,7 +13,7 @@ from safetensors import safe_open
 from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
 import vidlada_jax as vj
-from convert import hf_to_jax, inspect, jax_to_hf
+from vidlada_jax.convert import hf_to_jax, inspect, jax_to_hf
 from tests import torch_reference as ref
 from tests.random_models import random_model
 from vidlada_jax import checkpoint, sharding

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import vidlada_jax as vj
-from launch import assets, demo
+from vidlada_jax import assets
+from vidlada_jax.launch import demo
 from vidlada_jax import fixtures, prompting
 from vidlada_jax.config import DEMO_TOKENS
 from vidlada_jax.input_pipeline import chat, load_mixture, synthetic_qa
@@ -29,7 +30,7 @@ def test_demo_tokenizer_puts_the_special_tokens_at_the_demo_ids():
 
 
 def test_training_prompt_is_the_inference_prompt(tmp_path):
-  """configs/demo.py trains on exactly the tokens `launch.sample` puts before the answer."""
+  """configs/demo.py trains on exactly the tokens `vidlada_jax.launch.sample` puts before the answer."""
   tokenizer = fixtures.demo_tokenizer()
   examples = [synthetic_qa.make_example(0, 'validation', i, num_frames=8, size=64)
               for i in range(4)]
@@ -87,8 +88,8 @@ def test_bundled_checkpoint_is_small_and_the_demo_architecture():
 
 def test_main_job_answers_the_bundled_clip(capsys):
   """The main job answers through the ordinary inference path: its plain answer is the one
-  `launch.sample` gives for the same clip, question and settings, and it reports both policies."""
-  from launch import sample
+  `vidlada_jax.launch.sample` gives for the same clip, question and settings, and it reports both policies."""
+  from vidlada_jax.launch import sample
   from vidlada_jax.sampling import SamplerConfig
 
   code = demo.main([])

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pallas_kernels import dense
+from vidlada_jax.attention_backends import dense
 from vidlada_jax.nn.attention import dense_xla_attention
 
 

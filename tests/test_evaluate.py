@@ -1,4 +1,4 @@
-"""launch.evaluate end to end on a random-weights checkpoint and a 6-item synthetic_video_qa split.
+"""vidlada_jax.launch.evaluate end to end on a random-weights checkpoint and a 6-item synthetic_video_qa split.
 
 The checkpoint is the 'demo' architecture (64-px frames, special tokens moved to 1024..), so the
 stop token and suppressed ids must come from the checkpoint. Its answers are garbage: these tests
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import vidlada_jax as vj
-from launch import evaluate
+from vidlada_jax.launch import evaluate
 from vidlada_jax import evaluation
 from vidlada_jax.fixtures import demo_tokenizer
 from vidlada_jax.input_pipeline import synthetic_qa
@@ -139,7 +139,7 @@ def test_each_config_gets_its_own_default_output(tmp_path):
   """Evaluating `long` after `default` in one output dir writes a second file, not a clash."""
   import argparse
 
-  from launch.evaluate import output_path
+  from vidlada_jax.launch.evaluate import output_path
 
   def path(config, output=None):
     return output_path(argparse.Namespace(output=output, output_dir=str(tmp_path),

@@ -2,8 +2,8 @@
 
 A random-weights checkpoint of the demo architecture (its small vocabulary moves the LLaDA
 special ids, so the adapter must use the checkpoint's own) answers four clips of a tiny test
-split through `python -m vidlada_jax_lmms`: the run completes, writes the task's accuracy, and
-its responses are exactly what `launch.sample.Sampler` answers for the same items. In process:
+split through `python -m vidlada_jax.lmms`: the run completes, writes the task's accuracy, and
+its responses are exactly what `vidlada_jax.launch.sample.Sampler` answers for the same items. In process:
 an unreadable video gives an empty response (the rest are answered), loglikelihood says why it
 cannot run, and the task's data helper, prompts and canvas sizing.
 """
@@ -20,14 +20,14 @@ pytest.importorskip('lmms_eval', reason='lmms-eval is optional: see requirements
 
 # pylint: disable=g-import-not-at-top (after the skip: these import lmms-eval)
 import vidlada_jax as vj
-from launch.sample import Item, Sampler
+from vidlada_jax.launch.sample import Item, Sampler
 from lmms_eval.api.instance import Instance
 from loguru import logger
 from vidlada_jax.fixtures import demo_tokenizer
 from vidlada_jax.input_pipeline import synthetic_qa
 from vidlada_jax.sampling import SamplerConfig
-from vidlada_jax_lmms import model as adapter_model
-from vidlada_jax_lmms.tasks.synthetic_video_qa import utils as task_utils
+from vidlada_jax.lmms import model as adapter_model
+from vidlada_jax.lmms.tasks.synthetic_video_qa import utils as task_utils
 
 REPO = Path(__file__).resolve().parent.parent
 TASK = 'synthetic_video_qa'
@@ -55,7 +55,7 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def run(files):
-  """lmms-eval's command line (through `python -m vidlada_jax_lmms`), offline."""
+  """lmms-eval's command line (through `python -m vidlada_jax.lmms`), offline."""
   root, checkpoint, jsonl, _ = files
   out = root / 'results'
   env = dict(os.environ, HF_DATASETS_OFFLINE='1', HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1',
@@ -63,7 +63,7 @@ def run(files):
              # As this session runs JAX (conftest), so both sides compute the same numbers.
              JAX_DEFAULT_MATMUL_PRECISION='highest',
              PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]))
-  command = [sys.executable, '-m', 'vidlada_jax_lmms', '--model', 'vidlada_jax',
+  command = [sys.executable, '-m', 'vidlada_jax.lmms', '--model', 'vidlada_jax',
              '--model_args', f'pretrained={checkpoint},{MODEL_ARGS}', '--tasks', TASK,
              '--include_path', str(jsonl.parent), '--limit', str(LIMIT), '--batch_size',
              str(BATCH), '--output_path', str(out), '--log_samples',

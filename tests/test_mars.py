@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 import vidlada_jax as vj
-from pallas_kernels.block_sparse import GLOBAL
+from vidlada_jax.attention_backends.block_sparse import GLOBAL
 from tests.random_models import random_model
 from vidlada_jax import probes, sampling
 from vidlada_jax.cache import AnchorSearch, Recompute, RowWindow

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from jax.experimental import pallas as pl
 
-from pallas_kernels import _tpu_api, block_sparse, tpu
-from pallas_kernels.block_sparse import GLOBAL, PAD, FrameWindowMask
+from vidlada_jax.attention_backends import _tpu_api, block_sparse, tpu
+from vidlada_jax.attention_backends.block_sparse import GLOBAL, PAD, FrameWindowMask
 
 
 def mars_frames(num_frames: int, frame_len: int, text_len: int) -> np.ndarray:

@@ -1,11 +1,11 @@
-"""launch.sample end to end on a tiny checkpoint and generated videos, and its error messages."""
+"""vidlada_jax.launch.sample end to end on a tiny checkpoint and generated videos, and its error messages."""
 
 import json
 
 import pytest
 
 import vidlada_jax as vj
-from launch import sample
+from vidlada_jax.launch import sample
 from vidlada_jax.input_pipeline.synthetic import synthetic_clip
 from vidlada_jax.fixtures import tiny_tokenizer
 from vidlada_jax.video import write_video

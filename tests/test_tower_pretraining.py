@@ -97,7 +97,7 @@ def test_objective_section_of_a_job_config():
 def test_demo_stage_zero_reads_every_colour_the_task_draws():
   """configs/demo.py:stage=tower labels the square, the six flash colours and the ball, each
   distinct from the background beyond the tolerance, and freezes the LM."""
-  from configs import demo
+  from vidlada_jax.configs import demo
   from vidlada_jax.input_pipeline import synthetic_qa
 
   config = demo.get_config('stage=tower')

@@ -1,7 +1,7 @@
 """Multi-host training through the real launcher: two processes of four CPU devices each train
 the tiny model as one process of eight devices does.
 
-Both jobs run `python -m launch.train --distributed ...` with gloo CPU collectives on localhost,
+Both jobs run `python -m vidlada_jax.launch.train --distributed ...` with gloo CPU collectives on localhost,
 the single process as a one-process job, so that both sum over the eight devices with the same
 collective algorithm (XLA:CPU's in-process collectives, which a run without `--distributed` uses,
 add the partial sums in another order: the first step's gradient norm then differs in its last
@@ -50,8 +50,8 @@ def free_ports(count: int) -> list[int]:
 
 def launch(workdir: Path, mixture: Path, *, port: int, num_processes: int, process_id: int,
            devices: int) -> subprocess.Popen:
-  """One process of a `launch.train --distributed` job on localhost."""
-  cmd = [sys.executable, '-m', 'launch.train', '--distributed',
+  """One process of a `vidlada_jax.launch.train --distributed` job on localhost."""
+  cmd = [sys.executable, '-m', 'vidlada_jax.launch.train', '--distributed',
          f'--coordinator_address=localhost:{port}', f'--num_processes={num_processes}',
          f'--process_id={process_id}',
          # 16 sequences a step in micro-batches of 8: one row per device, two accumulation steps

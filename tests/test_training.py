@@ -1,4 +1,4 @@
-"""The trainer: optimizer recipe, the accumulated train step, and runs of `launch.train`
+"""The trainer: optimizer recipe, the accumulated train step, and runs of `vidlada_jax.launch.train`
 (resume after SIGKILL, preemption, a non-finite loss, the tiny curriculum)."""
 
 import json
@@ -102,8 +102,8 @@ def test_accumulated_step_averages_the_micro_batch_gradients(accumulation):
 # --- Runs of the launcher -----------------------------------------------------------------
 
 def launch(workdir, *args, wait=True, env=None, stages=''):
-  """`python -m launch.train` on the tiny config; returns the finished process or the Popen."""
-  cmd = [sys.executable, '-m', 'launch.train', f'--config=configs/tiny.py{stages}',
+  """`python -m vidlada_jax.launch.train` on the tiny config; returns the finished process or the Popen."""
+  cmd = [sys.executable, '-m', 'vidlada_jax.launch.train', f'--config=configs/tiny.py{stages}',
          f'--workdir={workdir}', '--noprogress', *args]
   environment = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   environment.update(env or {})
@@ -262,17 +262,18 @@ def test_a_corrupt_video_is_skipped_and_counted_not_fatal(tmp_path):
 
 
 def test_a_bug_during_training_is_not_reported_as_bad_input(tmp_path, monkeypatch, capsys):
-  """launch.train answers a bad job config with a one-line error (exit 2), but a ValueError
+  """vidlada_jax.launch.train answers a bad job config with a one-line error (exit 2), but a ValueError
   raised while training is a bug: it surfaces with its traceback."""
   from absl import flags
 
-  from launch import train
+  from vidlada_jax import configs
+  from vidlada_jax.launch import train
   from vidlada_jax.training import Trainer
 
   def run_with(config):
     # This process simulates 8 devices: batch=16 gives micro-batches of 8, which split over them.
-    flags.FLAGS(['train', f'--config=configs/tiny.py{config},batch=16',
-                 f'--workdir={tmp_path / "run"}', '--noprogress'])
+    flags.FLAGS(configs.resolve_flag(['train', f'--config=configs/tiny.py{config},batch=16',
+                                      f'--workdir={tmp_path / "run"}', '--noprogress']))
     try:
       return train.main(['train'])
     finally:

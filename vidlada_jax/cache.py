@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from pallas_kernels.block_sparse import GLOBAL, GlobalKV
+from vidlada_jax.attention_backends.block_sparse import GLOBAL, GlobalKV
 from vidlada_jax.nn.layers import RotaryTable
 
 

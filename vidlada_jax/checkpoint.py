@@ -141,7 +141,7 @@ def read_manifest(path) -> Manifest:
   if (path / _FORMAT_1_MANIFEST).is_file():
     raise CheckpointError(
         f'{path} is a vidlada-jax checkpoint of format version 1, which this version no longer '
-        'reads: convert the original PyTorch checkpoint again with convert.hf_to_jax')
+        'reads: convert the original PyTorch checkpoint again with vidlada_jax.convert.hf_to_jax')
   if not (path / '_CHECKPOINT_METADATA').is_file():
     raise CheckpointError(f'{path} is not a {FORMAT} checkpoint (not an orbax checkpoint)')
   data = orbax_io.custom_metadata(path).get(MANIFEST_KEY)

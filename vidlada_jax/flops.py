@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pallas_kernels import block_sparse
-from pallas_kernels.block_sparse import GLOBAL, FrameWindowMask
+from vidlada_jax.attention_backends import block_sparse
+from vidlada_jax.attention_backends.block_sparse import GLOBAL, FrameWindowMask
 from vidlada_jax.cache import Recompute, RowWindow
 from vidlada_jax.config import LMConfig
 

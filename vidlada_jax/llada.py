@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pallas_kernels.block_sparse import FrameWindowMask
+from vidlada_jax.attention_backends.block_sparse import FrameWindowMask
 from vidlada_jax.cache import AnchorSearch, LMCache, Recompute, RowWindow
 from vidlada_jax.config import LMConfig
 from vidlada_jax.nn.attention import Attention

@@ -219,7 +219,7 @@ def from_pretrained(
   alone), the original LLaDA-8B checkpoint, or a standalone SigLIP vision tower (prefix
   `model.vision_tower.vision_tower.vision_model.`, `vision_model.` or none), as `config.json` plus
   `model.safetensors` or shards with `model.safetensors.index.json`. A vidlada-jax checkpoint
-  (written by `convert.hf_to_jax`) is restored with orbax straight into the shardings.
+  (written by `vidlada_jax.convert.hf_to_jax`) is restored with orbax straight into the shardings.
 
   Args:
     path: the checkpoint directory.

@@ -410,7 +410,7 @@ def as_text(value) -> str:
 
 
 def question_text(example: Mapping[str, Any]) -> str:
-  """The question as a user asks it (launch.sample, the web page, lmms-eval): the question, plus
+  """The question as a user asks it (vidlada_jax.launch.sample, the web page, lmms-eval): the question, plus
   the lettered options and the answer instruction for multiple choice."""
   text = as_text(example['question'])
   if as_text(example['format']) == 'multiple_choice':

@@ -13,7 +13,7 @@ Optional arguments carry what sparse backends need:
   key_mask   [B, Lk] bool: hides keys (padding in batched sampling); the reference never masks
   mask       a `FrameWindowMask`: per-token frame ids of queries and keys and a window w; a visual
              query of frame n then sees only frames n-w..n+w and the global (text) tokens
-             (MARS-Cache's frame-wise chunk attention, `pallas_kernels.block_sparse`)
+             (MARS-Cache's frame-wise chunk attention, `vidlada_jax.attention_backends.block_sparse`)
   global_kv  a `GlobalKV`: a few extra keys (anchors) merged into the same softmax
 
 A backend pairs a dense path with a block-sparse implementation:
@@ -38,8 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pallas_kernels import block_sparse
-from pallas_kernels.block_sparse import GLOBAL, FrameWindowMask, GlobalKV
+from vidlada_jax.attention_backends import block_sparse
+from vidlada_jax.attention_backends.block_sparse import GLOBAL, FrameWindowMask, GlobalKV
 
 def dense_xla_attention(
     q: jax.Array, k: jax.Array, v: jax.Array, *, key_mask: jax.Array | None = None
@@ -136,7 +136,7 @@ class Attention:
   name: str
   # 'xla', 'xla_chunked', 'kernel' (the block-sparse kernel, every block), 'cudnn', 'splash'
   dense: str
-  sparse: str  # a `pallas_kernels.block_sparse` implementation
+  sparse: str  # a `vidlada_jax.attention_backends.block_sparse` implementation
   interpret: bool = False
 
   def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, *,
@@ -171,7 +171,7 @@ class Attention:
       return block_sparse.block_sparse_attention(
           q, k, v, mask=mask, key_mask=key_mask, implementation=self.sparse,
           interpret=self.interpret)
-    from pallas_kernels import dense  # cuDNN and splash: imported only where chosen
+    from vidlada_jax.attention_backends import dense  # cuDNN and splash: imported only where chosen
     if self.dense == 'cudnn':  # interpreted: the same adapter through XLA (no cuDNN on CPUs)
       return dense.cudnn_attention(q, k, v, key_mask=key_mask,
                                    implementation='xla' if self.interpret else 'cudnn')

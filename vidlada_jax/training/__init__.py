@@ -1,7 +1,7 @@
 """Training VidLaDA's curriculum: the optimizer, the jitted train step and the loop around it.
 
     from vidlada_jax.training import Trainer
-    Trainer(config, workdir).run()          # what `python -m launch.train` does
+    Trainer(config, workdir).run()          # what `python -m vidlada_jax.launch.train` does
 
 See `trainer.py` for the work-directory layout and `configs/` for the job configs.
 """

@@ -1,1 +1,0 @@
-"""ml_collections configs: named model architectures, mesh layouts and (later) jobs."""
