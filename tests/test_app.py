@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import vidlada_jax as vj
-from vidlada_jax.launch import app, sample
+from vidlada_jax.launch import app
 from vidlada_jax import prompting
 from vidlada_jax.fixtures import demo_tokenizer
 from vidlada_jax.input_pipeline.synthetic import synthetic_clip
@@ -59,7 +59,7 @@ def test_trace_steps_end_at_the_untraced_answer(files, demo):
   _, clip, _ = files
   trace = demo.answer_with_trace(clip, QUESTION, cache='none', **FAST)
   mask = demo.tokens.mask
-  _, prompt = demo.sampler.prepare(sample.Item('0', clip, QUESTION))
+  _, prompt = demo.answerer.prepare(vj.Question(clip, QUESTION))
   pixels = vj.preprocess_frames(read_video(clip, FRAMES).frames,
                                 demo.model.config.vision.image_size)[None]
   plain = vj.generate(demo.model, [prompt], pixels, stop_ids=(demo.tokens.eot,), **FAST)
@@ -123,9 +123,9 @@ def test_page_in_a_browser(files, demo, monkeypatch):
   checkpoint, clip, clips_dir = files
   clips = app.load_clips(clips_dir)
   assert [c['id'] for c in clips] == ['square']  # the record without its video is left out
-  direct = sample.Sampler(checkpoint, demo.settings(**FAST), frames=FRAMES)
-  (expected,), _ = direct.answer([sample.Item('0', clip, QUESTION)], batch_size=1)
-  _, prompt = direct.prepare(sample.Item('0', clip, QUESTION))
+  direct = vj.Answerer(checkpoint, settings=demo.settings(**FAST), frames=FRAMES)
+  expected = direct.ask(clip, QUESTION)
+  _, prompt = direct.prepare(vj.Question(clip, QUESTION))
   pixels = vj.preprocess_frames(read_video(clip, FRAMES).frames,
                                 demo.model.config.vision.image_size)[None]
   steps = int(vj.generate(direct.model, [prompt], pixels, stop_ids=(demo.tokens.eot,),

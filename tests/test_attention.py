@@ -64,7 +64,7 @@ def test_frame_window_calls_match_the_reference(name):
   # 3 frames of 21 tokens, then 10 text tokens: visual queries run through the block table,
   # text queries densely; anchors join the softmax.
   frames = np.concatenate([np.repeat(np.arange(3), 21), np.full(10, block_sparse.GLOBAL)])
-  mask = block_sparse.FrameWindowMask(frames, frames, window=0)
+  mask = block_sparse.FrameWindowMask(frames, frames, frame_window=0)
   q, k, v, key_mask = inputs(len(frames), len(frames), 2, 2, seed=3)
   anchors = jnp.asarray([[5, 50], [30, 40]])
   global_kv = block_sparse.GlobalKV(

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.extend import core as jax_core
+from jax.experimental import pallas as pl
 
+from tests.jaxpr_flops import dot_flops
 from vidlada_jax.attention_backends import _gpu_api
 from vidlada_jax.attention_backends import block_sparse
 from vidlada_jax.attention_backends import gpu
@@ -180,7 +182,7 @@ def run_partial(name: str, case: Case, inputs: dict) -> block_sparse.Partial:
   partial = jax.jit(lambda q, k, v, key_mask: impl.attention_partial(
       pad(q, case.block_q), pad(k, case.block_k), pad(v, case.block_k), table=table,
       q_frame=jnp.asarray(q_frame), k_frame=jnp.asarray(k_frame),
-      key_mask=pad(key_mask, case.block_k, value=False), window=case.window, interpret=True))(
+      key_mask=pad(key_mask, case.block_k, value=False), frame_window=case.window, interpret=True))(
           q, k, v, key_mask)
   return block_sparse.Partial(partial.out[:, :q_len], partial.lse[:, :, :q_len])
 
@@ -237,23 +239,6 @@ def test_partial_lse_matches_dense(name, case):
 # --- xla_gather specifics ------------------------------------------------------------------------
 
 
-def _dot_flops(jaxpr) -> int:
-  """Multiply-adds x 2 of every dot_general in a jaxpr, loops counted by their trip count."""
-  flops = 0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == 'dot_general':
-      (lhs_contract, _), _ = eqn.params['dimension_numbers']
-      contracted = np.prod([eqn.invars[0].aval.shape[d] for d in lhs_contract])
-      flops += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * int(contracted)
-    repeat = eqn.params['length'] if eqn.primitive.name == 'scan' else 1
-    for param in eqn.params.values():
-      if isinstance(param, jax_core.ClosedJaxpr):
-        flops += repeat * _dot_flops(param.jaxpr)
-      elif isinstance(param, jax_core.Jaxpr):
-        flops += repeat * _dot_flops(param)
-  return flops
-
-
 def test_xla_gather_work_scales_with_visits():
   """Its matmul FLOPs follow the visited blocks (text query blocks visit everything, visual ones
   a few), within the bucketing's factor of 2, far below dense."""
@@ -268,8 +253,8 @@ def test_xla_gather_work_scales_with_visits():
   def flops(impl):
     jaxpr = jax.make_jaxpr(lambda x: impl.attention_partial(
         x, x, x, table=table, q_frame=jnp.asarray(q_frame), k_frame=jnp.asarray(q_frame),
-        key_mask=jnp.ones((1, length), bool), window=1))(x)
-    return _dot_flops(jaxpr.jaxpr)
+        key_mask=jnp.ones((1, length), bool), frame_window=1))(x)
+    return dot_flops(jaxpr.jaxpr)
 
   visited = 2 * 2 * block * block * head_dim * heads * int(table.counts.sum())
   gathered, dense = flops(xla_gather), flops(block_sparse)
@@ -430,16 +415,100 @@ def test_reference_matches_float64_formula(case):
 # --- Pallas GPU (Triton) specifics ---------------------------------------------------------------
 
 
-def test_gpu_api_compiler_params():
-  params = _gpu_api.compiler_params(num_warps=8, num_stages=2)
-  assert (params.num_warps, params.num_stages) == (8, 2)
+# One attribute of an MLIR dictionary: a quoted string (MLIR escapes '"' and '\' inside it) or a
+# value running to the next ',' or '}', then that separator.
+MLIR_ATTRIBUTE = re.compile(r'\s*(\w+) = ("(?:[^"\\]|\\.)*"|[^,}]*)([,}])')
 
 
-def test_gpu_api_export_exemptions_cover_every_triton_call():
+def triton_calls(module: str) -> list[dict]:
+  """The attributes of each `__gpu$xla.gpu.triton` custom call in an exported module's text
+  (jaxlib <= 0.10.2's form), as Python values; the kernel's IR blob is left out."""
+  calls = []
+  for start in re.finditer(r'custom_call @__gpu\$xla\.gpu\.triton\(.*?mhlo\.backend_config = \{',
+                           module):
+    attributes, position = {}, start.end()
+    while True:
+      match = MLIR_ATTRIBUTE.match(module, position)
+      assert match, module[position:position + 200]
+      key, value, end = match.groups()
+      if key != 'ir':
+        integer = re.fullmatch(r'(-?\d+) : i32', value)
+        attributes[key] = (int(integer[1]) if integer else value[1:-1] if value.startswith('"')
+                           else {'true': True, 'false': False}[value])
+      position = match.end()
+      if end == '}':
+        break
+    calls.append(attributes)
+  return calls
+
+
+def export_for_cuda(fn, *shapes, disabled_checks=()):
+  return jax.export.export(jax.jit(fn), platforms=['cuda'],
+                           disabled_checks=list(disabled_checks))(*shapes)
+
+
+@pytest.mark.skipif(not _gpu_api.can_lower_for_cuda(),
+                    reason='this jaxlib compiles Triton while lowering and has no CUDA compiler')
+@pytest.mark.parametrize('num_warps, num_stages', [(8, 2), (2, 5)])
+def test_gpu_api_compiler_params_reach_the_triton_call(num_warps, num_stages):
+  """Values given to `compiler_params` come back, each under its own name, from the custom call
+  of a kernel lowered for CUDA (a params class that dropped or swapped them lowers with Triton's
+  defaults, 4 warps and 3 stages, or the other value). So do the grid and name of the
+  `pallas_call`: every attribute of the call but its IR."""
+  params = _gpu_api.compiler_params(num_warps=num_warps, num_stages=num_stages)
+  assert dataclasses.asdict(params) == {'num_warps': num_warps, 'num_stages': num_stages}
+
+  def add_one(x_ref, out_ref):
+    out_ref[...] = x_ref[...] + 1
+
+  def fn(x):
+    return pl.pallas_call(add_one, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          grid=(3, 2), in_specs=[pl.BlockSpec((16, 16), lambda i, j: (i, j))],
+                          out_specs=pl.BlockSpec((16, 16), lambda i, j: (i, j)),
+                          compiler_params=params, name='add_one')(x)
+
+  exported = export_for_cuda(fn, jax.ShapeDtypeStruct((48, 32), jnp.float32),
+                             disabled_checks=_gpu_api.export_safety_exemptions())
+  # Triton launches grid (x, y, z) = the pallas grid's axes in order, padded with 1.
+  assert triton_calls(exported.mlir_module()) == [dict(
+      debug=False, grid_x=3, grid_y=2, grid_z=1, name='add_one', num_stages=num_stages,
+      num_warps=num_warps)]
+
+
+def test_gpu_api_export_exemptions_are_what_serialising_the_kernel_needs():
+  """`jax.export` refuses the Triton custom call, which has no stability guarantee, unless it is
+  exempted: the exemptions must name the target this jaxlib lowers the kernel to (the export
+  fails without them, or with every one but that target's). Where `can_lower_for_cuda` says no,
+  lowering must indeed fail."""
+  frames = np.zeros(gpu.BLOCK_Q, np.int32)
+  table = block_sparse.block_table(block_sparse.FrameWindowMask(frames, frames, 0), gpu.BLOCK_Q,
+                                   gpu.BLOCK_K)
+
+  def attend(q, k, v, key_mask):
+    return gpu.attention_partial(q, k, v, table=table, q_frame=jnp.asarray(frames),
+                                 k_frame=jnp.asarray(frames), key_mask=key_mask, frame_window=0)
+
+  x = jax.ShapeDtypeStruct((1, len(frames), 1, 16), jnp.float32)
+  shapes = (x, x, x, jax.ShapeDtypeStruct((1, len(frames)), jnp.bool_))
   exemptions = _gpu_api.export_safety_exemptions()
-  assert exemptions == [jax.export.DisabledSafetyCheck.custom_call(name)
-                        for name in _gpu_api.TRITON_CUSTOM_CALLS]
-  assert isinstance(_gpu_api.can_lower_for_cuda(), bool)
+  if not _gpu_api.can_lower_for_cuda():
+    with pytest.raises(Exception):  # whichever error this jaxlib raises
+      export_for_cuda(attend, *shapes, disabled_checks=exemptions)
+    return
+
+  from jax._src.lib import version as jaxlib_version  # pylint: disable=g-import-not-at-top
+  # The target by jaxlib release, as _gpu_api's docstring records it.
+  target = '__gpu$xla.gpu.triton' if jaxlib_version <= (0, 10, 2) else 'triton_kernel_call_ffi'
+  refused = 'custom calls whose targets have no compatibility guarantees'
+  with pytest.raises(ValueError, match=refused) as error:
+    export_for_cuda(attend, *shapes)
+  assert f'custom_call @{target}(' in str(error.value)
+  others = [check for check in exemptions if check.is_custom_call() != target]
+  assert len(others) == len(exemptions) - 1
+  with pytest.raises(ValueError, match=refused):
+    export_for_cuda(attend, *shapes, disabled_checks=others)
+  module = export_for_cuda(attend, *shapes, disabled_checks=exemptions).mlir_module()
+  assert f'custom_call @{target}(' in module
 
 
 @pytest.mark.parametrize('block_q, block_k, head_dim', [(8, 16, 16), (16, 48, 16), (16, 16, 96)])
@@ -451,7 +520,7 @@ def test_gpu_rejects_tiles_triton_cannot_hold(block_q, block_k, head_dim):
   with pytest.raises(ValueError, match='power of two'):
     gpu.attention_partial(x, x, x, table=table, q_frame=jnp.asarray(frames),
                           k_frame=jnp.asarray(frames), key_mask=jnp.ones((1, 48), bool),
-                          window=0, interpret=True)
+                          frame_window=0, interpret=True)
 
 
 @pytest.mark.skipif(not _gpu_api.can_lower_for_cuda(),
@@ -467,7 +536,7 @@ def test_gpu_kernel_lowers_to_triton_for_cuda(dtype):
 
   def attend(q, k, v, key_mask):
     return gpu.attention_partial(q, k, v, table=table, q_frame=jnp.asarray(frames),
-                                 k_frame=jnp.asarray(frames), key_mask=key_mask, window=1)
+                                 k_frame=jnp.asarray(frames), key_mask=key_mask, frame_window=1)
 
   shapes = (jax.ShapeDtypeStruct((batch, length, heads, head_dim), dtype),
             jax.ShapeDtypeStruct((batch, length, kv_heads, head_dim), dtype),

@@ -96,13 +96,13 @@ def test_job_configs_fill_the_library_schema(name, arg):
   import importlib
 
   from vidlada_jax.training import CheckpointConfig, OptimizerConfig, TrainConfig
-  from vidlada_jax.training.trainer import _section, _tuples
+  from vidlada_jax.training.trainer import config_section, as_tuples
 
   config = importlib.import_module(f'vidlada_jax.configs.{name}').get_config(arg)
-  vj.Runtime(**_section(config, 'runtime'))
-  optimizer = OptimizerConfig(**_tuples(_section(config, 'optimizer')))
-  TrainConfig(**_section(config, 'train'))
-  CheckpointConfig(**_section(config, 'checkpoint'))
+  vj.Runtime(**config_section(config, 'runtime'))
+  optimizer = OptimizerConfig(**as_tuples(config_section(config, 'optimizer')))
+  TrainConfig(**config_section(config, 'train'))
+  CheckpointConfig(**config_section(config, 'checkpoint'))
   assert config.data.num_frames > 0 and list(config.data.buckets) == sorted(config.data.buckets)
   if name == 'stage3' or (arg or '').startswith('stage=3'):
     assert optimizer.frozen == ('vision_tower',)

@@ -89,7 +89,6 @@ def test_bundled_checkpoint_is_small_and_the_demo_architecture():
 def test_main_job_answers_the_bundled_clip(capsys):
   """The main job answers through the ordinary inference path: its plain answer is the one
   `vidlada_jax.launch.sample` gives for the same clip, question and settings, and it reports both policies."""
-  from vidlada_jax.launch import sample
   from vidlada_jax.sampling import SamplerConfig
 
   code = demo.main([])
@@ -97,9 +96,9 @@ def test_main_job_answers_the_bundled_clip(capsys):
   assert code == 0, out
   clip = {c['id']: c for c in assets.demo_clips()}[demo.DEFAULT_CLIP]
   question = synthetic_qa.question_text(clip)
-  sampler = sample.Sampler(assets.DEMO_CHECKPOINT, SamplerConfig(
-      gen_length=demo.GEN_LENGTH, steps=demo.STEPS, block_length=demo.BLOCK_LENGTH), frames=64)
-  (expected,), _ = sampler.answer([sample.Item('0', clip['video'], question)], batch_size=1)
+  answerer = vj.Answerer(assets.DEMO_CHECKPOINT, frames=64, settings=SamplerConfig(
+      gen_length=demo.GEN_LENGTH, steps=demo.STEPS, block_length=demo.BLOCK_LENGTH))
+  expected = answerer.ask(clip['video'], question)
   answers = [line for line in out.splitlines() if line.startswith('answer (')]
   assert answers[0] == f'answer (plain decoding): {expected.answer or "(empty answer)"}'
   assert answers[1].startswith('answer (MARS-Cache): ')

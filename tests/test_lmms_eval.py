@@ -9,7 +9,10 @@ cannot run, and the task's data helper, prompts and canvas sizing.
 """
 
 import json
+import math
 import os
+import re
+import string
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +23,7 @@ pytest.importorskip('lmms_eval', reason='lmms-eval is optional: see requirements
 
 # pylint: disable=g-import-not-at-top (after the skip: these import lmms-eval)
 import vidlada_jax as vj
-from vidlada_jax.launch.sample import Item, Sampler
+from vidlada_jax.answering import Answerer, Question
 from lmms_eval.api.instance import Instance
 from loguru import logger
 from vidlada_jax.fixtures import demo_tokenizer
@@ -80,23 +83,86 @@ def run(files):
 
 @pytest.fixture(scope='module')
 def direct(files):
-  """The same items answered by the sampler itself, cut at the task's stop string."""
+  """The same items answered by the library's Answerer, cut at the task's stop string."""
   _, checkpoint, _, docs = files
-  sampler = Sampler(checkpoint, DECODE, frames=4)
-  items = [Item(str(i), Path(doc['video']), task_utils.doc_to_text(doc))
+  answerer = Answerer(checkpoint, settings=DECODE, frames=4)
+  items = [Question(Path(doc['video']), task_utils.doc_to_text(doc), id=str(i))
            for i, doc in enumerate(docs)]
-  answers, _ = sampler.answer(items, BATCH)
+  answers = answerer.ask_batch(items, BATCH)
   return [answer.answer.split('\n\n')[0] for answer in answers]
 
 
-def test_the_run_completes_and_reports_accuracy(run):
+def plain_text(text: str) -> str:
+  """A short answer as short-answer benchmarks compare them: lower case, without surrounding
+  punctuation and white space or a leading article."""
+  text = text.strip().lower().strip(string.punctuation + string.whitespace)
+  return ' '.join(re.sub(r'^(the|a|an)\s+', '', text).split())
+
+
+def expected_accuracies(docs, correct) -> dict[str, float]:
+  """The task's metrics for per-doc correctness, counted here: the mean, and per question type
+  the mean over that type's docs (NaN for a type with none)."""
+  metrics = {'accuracy': sum(correct) / len(correct)}
+  for question_type in synthetic_qa.QUESTION_TYPES:
+    scores = [c for c, doc in zip(correct, docs) if doc['question_type'] == question_type]
+    metrics[f'accuracy_{question_type}'] = sum(scores) / len(scores) if scores else math.nan
+  return metrics
+
+
+def assert_metrics_equal(got: dict, want: dict):
+  assert set(got) == set(want)
+  for name, value in want.items():
+    assert got[name] == value or (math.isnan(got[name]) and math.isnan(value)), name
+
+
+def test_the_run_completes_and_reports_accuracy(run, files):
+  """The reported accuracies are exactly those of the logged responses, scored again here
+  without `vidlada_jax.evaluation`: multiple choice by lmms-eval's own Video-MME letter
+  extractor, free form by comparing plain text."""
+  from lmms_eval.tasks.videomme.utils import extract_characters_regex
   results, samples = run
+  _, _, _, docs = files
   metrics = results['results'][TASK]
-  assert 0.0 <= metrics['accuracy,none'] <= 1.0
-  # The first four test clips are of the first four question types (index % 6).
-  for question_type in synthetic_qa.QUESTION_TYPES[:LIMIT]:
-    assert 0.0 <= metrics[f'accuracy_{question_type},none'] <= 1.0
   assert [s['doc_id'] for s in samples] == list(range(LIMIT))
+  # The first four test clips are of the first four question types (index % 6): the last two
+  # types have no doc, so their accuracy is NaN.
+  assert [doc['question_type'] for doc in docs] == list(synthetic_qa.QUESTION_TYPES[:LIMIT])
+  correct = []
+  for sample, doc in zip(samples, docs):
+    response = sample['filtered_resps']
+    if doc['format'] == 'multiple_choice':
+      correct.append(extract_characters_regex(response) == doc['answer_letter'])
+    else:
+      correct.append(plain_text(response) == plain_text(doc['answer']))
+    assert sample['accuracy'] == float(correct[-1]), sample
+  want = expected_accuracies(docs, correct)
+  assert_metrics_equal({name: metrics[f'{name},none'] for name in want}, want)
+
+
+def test_the_task_scores_known_responses(files):
+  """The task's scoring and per-type aggregation (what lmms-eval calls) on responses right for
+  half the docs and wrong for the others, then the other way round, so every metric is known by
+  hand and every doc is scored both right and wrong."""
+  _, _, _, docs = files
+
+  def response(doc, correct):
+    if doc['format'] == 'multiple_choice':
+      letter = doc['answer_letter']
+      return f'The answer is {letter}.' if correct else 'AB'.replace(letter, '')[0]
+    wrong = next(option for option in doc['options'] if option != doc['answer'])
+    return f'The {doc["answer"].upper()}.' if correct else wrong
+
+  names = ['accuracy', *(f'accuracy_{t}' for t in synthetic_qa.QUESTION_TYPES)]
+  # Docs 0-3 are of the first four types, one each; the other two types have none: NaN.
+  for right, want in (([True, False, True, False], [0.5, 1.0, 0.0, 1.0, 0.0]),
+                      ([False, True, False, True], [0.5, 0.0, 1.0, 0.0, 1.0])):
+    records = [task_utils.process_results(doc, [response(doc, correct)])
+               for doc, correct in zip(docs, right)]
+    assert [r['accuracy'] for r in records] == [float(correct) for correct in right]
+    metrics = {'accuracy': sum(r['accuracy'] for r in records) / len(records)}  # lmms-eval's mean
+    for name in names[1:]:
+      metrics[name] = getattr(task_utils, name)([r[name] for r in records])
+    assert_metrics_equal(metrics, dict(zip(names, want + [math.nan, math.nan])))
 
 
 def test_responses_are_the_samplers_answers(run, files, direct):

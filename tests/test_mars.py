@@ -16,7 +16,7 @@ from flax import nnx
 import vidlada_jax as vj
 from vidlada_jax.attention_backends.block_sparse import GLOBAL
 from tests.random_models import random_model
-from vidlada_jax import probes, sampling
+from vidlada_jax import policy_comparison, sampling
 from vidlada_jax.cache import AnchorSearch, Recompute, RowWindow
 from vidlada_jax.mars import R, RT, RTV
 
@@ -51,13 +51,13 @@ def test_exact_mode_decodes_like_plain(model, video_prompt, temperature):
   prompt, pixels = video_prompt
   settings = dict(temperature=temperature, rng=jax.random.key(5))
   plain = decode(model, prompt, pixels, vj.FullRecompute(), trace=True, **settings)
-  exact = decode(model, prompt, pixels, vj.MarsCacheConfig.exact(), **settings)
+  exact = decode(model, prompt, pixels, vj.MarsCache.exact(), **settings)
   np.testing.assert_array_equal(np.asarray(exact.tokens), np.asarray(plain.tokens))
   assert len(set(np.asarray(plain.tokens).ravel().tolist())) > 4  # a varied decode, not a constant
 
   config = sampling.SamplerConfig(**GEN, stop_ids=())
-  comparison = probes.compare_along(model, prompt, pixels, plain.history, config=config,
-                                    policies={'exact': vj.MarsCacheConfig.exact()})['exact']
+  comparison = policy_comparison.compare_along(model, prompt, pixels, plain.history, config=config,
+                                    policies={'exact': vj.MarsCache.exact()})['exact']
   print(f'exact MARS-Cache vs plain, max relative logit error: {comparison.max_relative_error:.1e}')
   assert comparison.max_relative_error < 1e-5  # float32 summation order only
   assert comparison.top1_agreement.min() == 1.0
@@ -67,7 +67,7 @@ def test_exact_mode_with_text_prompts_and_guidance(model):
   prompts = [np.arange(3, 12, dtype=np.int32), np.arange(40, 46, dtype=np.int32)]
   for settings in (dict(), dict(cfg_scale=0.5)):
     plain = vj.generate(model, prompts, stop_ids=(), **GEN, **settings)
-    exact = vj.generate(model, prompts, stop_ids=(), cache=vj.MarsCacheConfig.exact(), **GEN,
+    exact = vj.generate(model, prompts, stop_ids=(), cache=vj.MarsCache.exact(), **GEN,
                         **settings)
     np.testing.assert_array_equal(np.asarray(exact.tokens), np.asarray(plain.tokens))
 
@@ -76,9 +76,9 @@ def test_dual_cache_refresh_steps_are_exact(model, video_prompt):
   prompt, pixels = video_prompt
   plain = decode(model, prompt, pixels, vj.FullRecompute(), trace=True)
   config = sampling.SamplerConfig(**GEN, stop_ids=())
-  comparison = probes.compare_along(model, prompt, pixels, plain.history, config=config,
+  comparison = policy_comparison.compare_along(model, prompt, pixels, plain.history, config=config,
                                     policies={'dual': vj.DualCache()})['dual']
-  _, _, block_steps = probes.trajectory(plain.history, model.config.tokens.mask)
+  _, _, block_steps = policy_comparison.trajectory(plain.history, model.config.tokens.mask)
   relative = comparison.max_abs_error / comparison.max_abs_reference
   assert relative[block_steps == 0].max() < 1e-5  # block starts recompute everything
   assert relative[block_steps > 0].max() > 1e-3  # in between, the prefix and suffix are stale
@@ -135,7 +135,7 @@ def test_update_canvas_is_a_pure_step():
 
 
 def test_pyramid_schedule():
-  policy = vj.MarsCacheConfig(pyramid=(8, 2), visual_ratio=2)
+  policy = vj.MarsCache(pyramid=(8, 2), visual_ratio=2)
   text, visual = policy.intervals(4)
   np.testing.assert_array_equal(text, [8, 6, 4, 2])  # deeper layers refresh more often
   np.testing.assert_array_equal(visual, [16, 12, 8, 4])
@@ -144,7 +144,7 @@ def test_pyramid_schedule():
   np.testing.assert_array_equal(levels[:, 3], [RTV, R, RT, R] * 4 + [RTV])  # tau_t 2, tau_v 4
   np.testing.assert_array_equal(levels[:, 1],  # tau_t 6, tau_v 12
                                 [RTV] + [R] * 5 + [RT] + [R] * 5 + [RTV] + [R] * 4)
-  explicit = vj.MarsCacheConfig(text_intervals=(1, 2, 3, 4), visual_ratio=1)
+  explicit = vj.MarsCache(text_intervals=(1, 2, 3, 4), visual_ratio=1)
   np.testing.assert_array_equal(explicit.intervals(4)[1], [1, 2, 3, 4])
   with pytest.raises(ValueError, match='lists 4 layers; the model has 5'):
     explicit.intervals(5)
@@ -152,14 +152,16 @@ def test_pyramid_schedule():
 
 @pytest.mark.parametrize('bad, message', [
     (dict(visual_ratio=0), 'visual_ratio'), (dict(pyramid=(0, 2)), 'intervals must be >= 1'),
-    (dict(chunk_window=None), 'anchors extend chunk attention'), (dict(num_anchors=-1), 'anchors')])
+    (dict(frame_window=None), 'anchors extend chunk attention'), (dict(num_anchors=-1), 'anchors')])
 def test_invalid_mars_settings_are_explained(bad, message):
   with pytest.raises(ValueError, match=message):
-    vj.MarsCacheConfig(**bad)
+    vj.MarsCache(**bad)
 
 
-def run_policy(model, prompt, pixels, policy, steps):
-  """The policy's cache after `steps` steps on the all-mask canvas, and after each step."""
+def run_policy(model, prompt, pixels, policy, steps, fresh_canvas=False):
+  """The policy's cache after `steps` steps on the all-mask canvas, and after each step. With
+  `fresh_canvas`, each step's canvas holds new random tokens instead, as if every token had just
+  been unmasked: then any row a step recomputes gets new values (its queries see new keys)."""
   config = sampling.SamplerConfig(**GEN, stop_ids=())
   ids, valid = sampling.pad_prompts(prompt, model.config.tokens.eos)
   graphdef, params = nnx.split(model)
@@ -168,11 +170,15 @@ def run_policy(model, prompt, pixels, policy, steps):
   def run(params):
     model = nnx.merge(graphdef, params)
     prompt = sampling.prepare_prompt(model, jnp.asarray(ids), jnp.asarray(valid), pixels, config)
-    canvas = model.lm.embed(jnp.full((len(ids), config.gen_length), config.tokens.mask))
+    tokens = jnp.full((len(ids), config.gen_length), config.tokens.mask)
     state, caches = policy.init(model, prompt, config), []
     for step in range(steps):
-      _, state = policy.block_hidden(model, prompt, state, canvas, block=step // 8,
-                                     block_step=step % 8, step=step, config=config)
+      if fresh_canvas:
+        tokens = jax.random.randint(jax.random.key(step), tokens.shape, 0,
+                                    model.config.lm.vocab_size)
+      _, state = policy.block_hidden(model, prompt, state, model.lm.embed(tokens),
+                                     block=step // 8, block_step=step % 8, step=step,
+                                     config=config)
       caches.append(state)
     return prompt.length, caches
 
@@ -180,29 +186,48 @@ def run_policy(model, prompt, pixels, policy, steps):
 
 
 def test_rows_not_scheduled_are_not_recomputed(model, video_prompt):
+  """Each step's canvas is new, so the rows a layer's window holds must change and every other
+  row must keep its cached values bit for bit: a layer that recomputed more (or other) rows than
+  scheduled, or dropped what it computed, would show. The schedule is worked out by hand."""
   prompt, pixels = video_prompt
-  policy = vj.MarsCacheConfig(pyramid=(4, 2), visual_ratio=2, num_anchors=8)
-  prompt_length, caches = run_policy(model, prompt, pixels, policy, steps=5)
+  policy = vj.MarsCache(pyramid=(4, 2), visual_ratio=2, num_anchors=8)
+  prompt_length, caches = run_policy(model, prompt, pixels, policy, steps=5, fresh_canvas=True)
   num_visual = FRAMES * model.config.tokens_per_frame
   length = prompt_length + GEN['gen_length']
   rows = {R: GEN['gen_length'], RT: length - num_visual, RTV: length}
-  text, visual = policy.intervals(4)  # tau_t = [4, 3, 3, 2], tau_v = [8, 6, 6, 4]
+  first_row = {R: prompt_length, RT: num_visual, RTV: 0}  # segment-major: visual, text, canvas
+  # tau_t = [4, 3, 3, 2], tau_v = [8, 6, 6, 4]: step 0 refreshes everything; then layer 3
+  # refreshes the text at step 2, layers 1-2 at step 3, layer 0 at step 4, when layer 3
+  # refreshes everything.
+  schedule = np.full((5, 4), R)
+  schedule[0] = RTV
+  schedule[2, 3] = schedule[3, 1:3] = schedule[4, 0] = RT
+  schedule[4, 3] = RTV
+  changed = lambda new, old, axis: np.asarray(new != old).any(axis=axis)
   expected = np.zeros(4, int)
   for step, cache in enumerate(caches):
     levels = np.asarray(policy.layer_windows(step, 4))
+    np.testing.assert_array_equal(levels, schedule[step], err_msg=f'step {step}')
     expected += [rows[int(level)] for level in levels]
     np.testing.assert_array_equal(cache.rows_computed, expected, err_msg=f'step {step}')
-    if step:
-      before = caches[step - 1]
-      for layer, level in enumerate(levels):
-        stays = {R: slice(0, prompt_length), RT: slice(0, num_visual), RTV: slice(0, 0)}[level]
-        np.testing.assert_array_equal(cache.hidden[layer + 1][:, stays],  # bit for bit: the
-                                      before.hidden[layer + 1][:, stays])  # rows were not touched
-        for field in ('keys', 'values'):  # [layers, B, Hkv, L, D]
-          np.testing.assert_array_equal(getattr(cache, field)[layer][:, :, stays],
-                                        getattr(before, field)[layer][:, :, stays])
-  # Steps 0-4: layers 0-2 refresh everything, then the text once (at step 4, 3, 3); layer 3
-  # (tau_t 2, tau_v 4) everything at steps 0 and 4 and the text at step 2.
+    if not step:
+      continue
+    before = caches[step - 1]
+    for layer, level in enumerate(levels):
+      stays, recomputed = slice(0, first_row[level]), slice(first_row[level], length)
+      np.testing.assert_array_equal(cache.hidden[layer + 1][:, stays],  # bit for bit: the
+                                    before.hidden[layer + 1][:, stays])  # rows were not touched
+      for field in ('keys', 'values'):  # [layers, B, Hkv, L, D]
+        np.testing.assert_array_equal(getattr(cache, field)[layer][:, :, stays],
+                                      getattr(before, field)[layer][:, :, stays])
+      # Every scheduled row of every prompt (the visual rows too where the level is RTV): its
+      # output, and for the canvas rows (whose inputs are new at every layer) its keys and values.
+      assert changed(cache.hidden[layer + 1][:, recomputed],
+                     before.hidden[layer + 1][:, recomputed], -1).all(), (step, layer)
+      for field in ('keys', 'values'):
+        canvas_rows = getattr(cache, field)[layer][:, :, prompt_length:]
+        assert changed(canvas_rows, getattr(before, field)[layer][:, :, prompt_length:],
+                       (1, 3)).all(), (step, layer, field)
   assert expected.tolist() == [rows[RTV] + rows[RT] + 3 * rows[R]] * 3 + [
       2 * rows[RTV] + rows[RT] + 2 * rows[R]]
 
@@ -221,7 +246,7 @@ def test_chunk_attention_hides_frames_outside_the_window(model, video_prompt):
   ids, valid = sampling.pad_prompts(prompt, model.config.tokens.eos)
   config = sampling.SamplerConfig(**GEN, stop_ids=())
   per_frame = model.config.tokens_per_frame
-  policy = vj.MarsCacheConfig(chunk_window=0, num_anchors=0)
+  policy = vj.MarsCache(frame_window=0, num_anchors=0)
 
   def first_layer_outputs(pixel_values):
     prompt = sampling.prepare_prompt(model, jnp.asarray(ids), jnp.asarray(valid), pixel_values,
@@ -260,7 +285,7 @@ def test_anchors_are_the_most_attended_visual_keys():
   assert 3 not in np.asarray(rows[0])  # a padding key is never an anchor
 
 
-@pytest.mark.parametrize('policy', [vj.FullRecompute(), vj.MarsCacheConfig(pyramid=(4, 2)),
+@pytest.mark.parametrize('policy', [vj.FullRecompute(), vj.MarsCache(pyramid=(4, 2)),
                                     vj.DualCache()], ids=['plain', 'mars', 'dual'])
 def test_padding_prompts_to_a_multiple_changes_no_token(model, video_prompt, policy):
   prompt, pixels = video_prompt
@@ -297,7 +322,7 @@ def test_pad_prompts_left_pads_to_a_multiple():
 
 def test_one_compiled_program_per_shape(model, video_prompt):
   prompt, pixels = video_prompt
-  policy = vj.MarsCacheConfig(pyramid=(4, 2))
+  policy = vj.MarsCache(pyramid=(4, 2))
   before = sampling._sample_program._cache_size()
   decode(model, prompt, pixels, policy)
   shifted = [np.where(p == vj.TokenIds().image, p, p + 1) for p in prompt]
@@ -315,7 +340,7 @@ def test_one_compiled_program_per_shape(model, video_prompt):
   assert 'callback' not in jaxpr
 
 
-@pytest.mark.parametrize('policy', [vj.MarsCacheConfig.exact(), vj.MarsCacheConfig(pyramid=(4, 2)),
+@pytest.mark.parametrize('policy', [vj.MarsCache.exact(), vj.MarsCache(pyramid=(4, 2)),
                                     vj.DualCache()], ids=['exact', 'default', 'dual'])
 def test_sharded_decode_equals_one_device(model, video_prompt, policy):
   from vidlada_jax import sharding
@@ -347,7 +372,7 @@ def test_bfloat16_cache(video_prompt):
   f32 = random_model('tiny', seed=1, lm=dict(num_layers=4))
   bf16 = random_model('tiny', seed=1, lm=dict(num_layers=4), dtype='bfloat16',
                       param_dtype='bfloat16')  # the same weights, rounded
-  _, caches = run_policy(bf16, prompt, pixels, vj.MarsCacheConfig(), steps=1)
+  _, caches = run_policy(bf16, prompt, pixels, vj.MarsCache(), steps=1)
   assert caches[0].keys.dtype == jnp.bfloat16 and caches[0].hidden.dtype == jnp.bfloat16
 
   # bfloat16 noise of this model: its logits against the float32 model's on the first prompt.
@@ -357,10 +382,10 @@ def test_bfloat16_cache(video_prompt):
       reference).max()
   plain = decode(bf16, prompt, pixels, vj.FullRecompute(), trace=True)
   config = sampling.SamplerConfig(**GEN, stop_ids=())
-  exact = probes.compare_along(bf16, prompt, pixels, plain.history, config=config,
-                               policies={'exact': vj.MarsCacheConfig.exact()})['exact']
+  exact = policy_comparison.compare_along(bf16, prompt, pixels, plain.history, config=config,
+                               policies={'exact': vj.MarsCache.exact()})['exact']
   print(f'bfloat16: exact MARS-Cache vs plain {exact.max_relative_error:.3f}, '
         f'plain vs float32 {noise:.3f}')
   assert exact.max_relative_error <= 2 * noise  # reordering rows costs no more than bf16 itself
-  mars = decode(bf16, prompt, pixels, vj.MarsCacheConfig(pyramid=(4, 2)))
+  mars = decode(bf16, prompt, pixels, vj.MarsCache(pyramid=(4, 2)))
   assert (np.asarray(mars.tokens) != bf16.config.tokens.mask).all()

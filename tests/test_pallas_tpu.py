@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
 
 from vidlada_jax.attention_backends import _tpu_api, block_sparse, tpu
 from vidlada_jax.attention_backends.block_sparse import GLOBAL, PAD, FrameWindowMask
@@ -38,7 +39,7 @@ def partials(q, k, v, frames_q, frames_k, window, key_mask, block_q, block_k):
   """The kernel's Partial and the reference's, on inputs already padded to whole blocks."""
   table = block_sparse.block_table(FrameWindowMask(frames_q, frames_k, window), block_q, block_k)
   args = dict(table=table, q_frame=jnp.asarray(frames_q), k_frame=jnp.asarray(frames_k),
-              key_mask=key_mask, window=window)
+              key_mask=key_mask, frame_window=window)
   return (tpu.attention_partial(q, k, v, interpret=True, **args),
           block_sparse.attention_partial(q, k, v, **args), table)
 
@@ -105,7 +106,7 @@ def test_compiled_kernel_rejects_blocks_mosaic_cannot_tile():
   with pytest.raises(ValueError, match='block_k a multiple of 128'):
     tpu.attention_partial(q, k, v, table=table, q_frame=jnp.asarray(frames),
                           k_frame=jnp.asarray(frames), key_mask=jnp.ones((1, 128), bool),
-                          window=0, interpret=False)
+                          frame_window=0, interpret=False)
 
 
 def test_visit_list_has_one_step_per_visit_and_one_per_empty_query_block():
@@ -196,11 +197,45 @@ def test_api_adapter_lowers_for_tpu():
   assert 'tpu_custom_call' in exported.mlir_module()
 
 
+def read_past_the_block(interpret):
+  """A kernel whose read (from row 13 of a 16-row block, 8 rows) runs past its input block."""
+
+  def kernel(start_ref, x_ref, out_ref):
+    out_ref[...] = x_ref[pl.ds(start_ref[0], _tpu_api.SUBLANES), :]
+
+  shape = (2 * _tpu_api.SUBLANES, _tpu_api.LANES)
+  return pl.pallas_call(
+      kernel, out_shape=jax.ShapeDtypeStruct((_tpu_api.SUBLANES, _tpu_api.LANES), jnp.float32),
+      in_specs=[pl.BlockSpec(memory_space=pltpu.SMEM), pl.BlockSpec(shape, lambda: (0, 0))],
+      interpret=interpret)(jnp.asarray([shape[0] - 3], jnp.int32), jnp.ones(shape, jnp.float32))
+
+
+def read_scratch(interpret):
+  """A kernel that returns its VMEM scratch without writing it first."""
+
+  def kernel(out_ref, scratch_ref):
+    out_ref[...] = scratch_ref[...]
+
+  shape = (_tpu_api.SUBLANES, _tpu_api.LANES)
+  return pl.pallas_call(kernel, out_shape=jax.ShapeDtypeStruct(shape, jnp.float32),
+                        scratch_shapes=[_tpu_api.vmem(shape, jnp.float32)],
+                        interpret=interpret)()
+
+
 def test_interpret_mode_selects_the_tpu_interpreter():
+  """True must give the TPU interpreter, not Pallas' generic one (`interpret=True`): only the
+  TPU interpreter checks every read against its buffer's bounds, so the read past the block
+  fails there and silently reads clamped rows in the generic one. Interpreter settings pass
+  through unchanged: the same scratch reads NaN by default, 0 when asked."""
   assert _tpu_api.interpret_mode(False) is False
-  params = _tpu_api.interpret_mode(True)
-  assert type(params).__name__ in ('InterpretParams', 'TPUInterpretParams')
-  assert _tpu_api.interpret_mode(params) is params
+  np.testing.assert_array_equal(read_past_the_block(True), 1.0)  # the generic interpreter
+  with pytest.raises(Exception, match='Out-of-bounds read'):
+    jax.block_until_ready(read_past_the_block(_tpu_api.interpret_mode(True)))
+
+  assert np.isnan(read_scratch(_tpu_api.interpret_mode(True))).all()
+  zero_filled = pltpu.InterpretParams(uninitialized_memory='zero')
+  assert _tpu_api.interpret_mode(zero_filled) is zero_filled
+  np.testing.assert_array_equal(read_scratch(_tpu_api.interpret_mode(zero_filled)), 0.0)
 
 
 def test_splash_adapter_masks_by_segment():

@@ -173,17 +173,18 @@ def test_keep_going_records_bad_input_and_lets_bugs_surface(files, monkeypatch):
   from vidlada_jax.sampling import SamplerConfig
 
   _, checkpoint, long_clip, short_clip = files
-  sampler = sample.Sampler(checkpoint, SamplerConfig(gen_length=8, steps=8, block_length=8),
-                           frames=6, max_length=64)
-  items = [sample.Item('long', long_clip, 'Q?'), sample.Item('short', short_clip, 'Q?')]
-  with pytest.raises(sample.PromptTooLong):
-    sampler.answer(items, batch_size=2)
-  answers, _ = sampler.answer(items, batch_size=2, keep_going=True)
+  answerer = vj.Answerer(checkpoint, settings=SamplerConfig(gen_length=8, steps=8, block_length=8),
+                         frames=6, max_length=64)
+  items = [vj.Question(long_clip, 'Q?', id='long'), vj.Question(short_clip, 'Q?', id='short')]
+  with pytest.raises(vj.PromptTooLong):
+    answerer.ask_batch(items, batch_size=2)
+  answers = answerer.ask_batch(items, batch_size=2, keep_going=True)
   assert 'exceeds the 64-token context' in answers[0].error
+  assert [a.id for a in answers] == ['long', 'short']
 
   def broken(item):
     raise ValueError('a bug in preparing the prompt')
 
-  monkeypatch.setattr(sampler, 'prepare', broken)
+  monkeypatch.setattr(answerer, 'prepare', broken)
   with pytest.raises(ValueError, match='a bug in preparing the prompt'):
-    sampler.answer(items, batch_size=2, keep_going=True)
+    answerer.ask_batch(items, batch_size=2, keep_going=True)

@@ -15,12 +15,16 @@ from typing import TYPE_CHECKING
 
 # Public name -> (module, attribute).
 _EXPORTS = {
+    'Answer': ('vidlada_jax.answering', 'Answer'),
+    'Answerer': ('vidlada_jax.answering', 'Answerer'),
+    'CACHE_POLICIES': ('vidlada_jax.policies', 'CACHE_POLICIES'),
     'CheckpointError': ('vidlada_jax.hf.safetensors_io', 'CheckpointError'),
     'ConfigError': ('vidlada_jax.hf.config', 'ConfigError'),
     'DualCache': ('vidlada_jax.mars', 'DualCache'),
     'FullRecompute': ('vidlada_jax.sampling', 'FullRecompute'),
     'LMConfig': ('vidlada_jax.config', 'LMConfig'),
-    'MarsCacheConfig': ('vidlada_jax.mars', 'MarsCacheConfig'),
+    'MarsCache': ('vidlada_jax.mars', 'MarsCache'),
+    'MarsCacheConfig': ('vidlada_jax.mars', 'MarsCache'),  # its 0.1 name
     'ModelConfig': ('vidlada_jax.config', 'ModelConfig'),
     'Runtime': ('vidlada_jax.config', 'Runtime'),
     'SampleOutput': ('vidlada_jax.sampling', 'SampleOutput'),
@@ -34,6 +38,9 @@ _EXPORTS = {
     'init_model': ('vidlada_jax.loading', 'init_model'),
     'masked_diffusion_loss': ('vidlada_jax.objective', 'masked_diffusion_loss'),
     'model_config': ('vidlada_jax.config', 'model_config'),
+    'PromptTooLong': ('vidlada_jax.answering', 'PromptTooLong'),
+    'Question': ('vidlada_jax.answering', 'Question'),
+    'cache_policy': ('vidlada_jax.policies', 'cache_policy'),
     'preprocess_frames': ('vidlada_jax.preprocess', 'preprocess_frames'),
     'save_checkpoint': ('vidlada_jax.checkpoint', 'save'),
 }
@@ -54,15 +61,17 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # what static tools and IDEs see
+  from vidlada_jax.answering import Answer, Answerer, PromptTooLong, Question
   from vidlada_jax.checkpoint import save as save_checkpoint
   from vidlada_jax.config import (LMConfig, ModelConfig, Runtime, TokenIds, VisionConfig,
                                   model_config)
   from vidlada_jax.hf.config import ConfigError
   from vidlada_jax.hf.safetensors_io import CheckpointError
   from vidlada_jax.loading import from_pretrained, init_model
-  from vidlada_jax.mars import DualCache, MarsCacheConfig
+  from vidlada_jax.mars import DualCache, MarsCache, MarsCacheConfig
   from vidlada_jax.objective import masked_diffusion_loss
   from vidlada_jax.params import count_params
+  from vidlada_jax.policies import CACHE_POLICIES, cache_policy
   from vidlada_jax.preprocess import preprocess_frames
   from vidlada_jax.sampling import FullRecompute, SampleOutput, SamplerConfig, generate
   from vidlada_jax.vidlada import VidLaDA

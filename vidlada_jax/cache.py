@@ -123,21 +123,21 @@ def _rows(x: jax.Array, rows: np.ndarray) -> jax.Array:
 class RowWindow:
   """Rows [start, start + size) that one layer recomputes, and how their queries attend.
 
-  `chunk`: frame-wise chunk attention: a visual query of frame n sees the keys of frames
-  n - chunk .. n + chunk and every global (text, response) key; global queries see everything.
+  `frame_window` w: frame-wise chunk attention: a visual query of frame n sees the keys of
+  frames n - w .. n + w and every global (text, response) key; global queries see everything.
   `anchors`: also search anchors (`AnchorSearch`) and let every visual query see them. Both need
   a static `start` and the plan's `frame_ids`.
   """
 
   start: int | jax.Array
   size: int
-  chunk: int | None = None
+  frame_window: int | None = None
   anchors: AnchorSearch | None = None
 
   def __post_init__(self):
-    if self.anchors is not None and self.chunk is None:
-      raise ValueError('anchors extend chunk attention: set chunk (the frame window) too')
-    if (self.chunk is not None) and not isinstance(self.start, (int, np.integer)):
+    if self.anchors is not None and self.frame_window is None:
+      raise ValueError('anchors extend chunk attention: set frame_window too')
+    if (self.frame_window is not None) and not isinstance(self.start, (int, np.integer)):
       raise ValueError('a window with chunk attention needs a static start (its queries\' frame '
                        'ids decide the block table)')
 
@@ -161,7 +161,7 @@ class Recompute:
   frame_ids: np.ndarray | None = None
 
   def __post_init__(self):
-    needs_frames = any(w.chunk is not None for w in self.windows)
+    needs_frames = any(w.frame_window is not None for w in self.windows)
     if needs_frames and self.frame_ids is None:
       raise ValueError('chunk attention needs frame_ids')
 

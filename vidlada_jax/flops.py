@@ -38,14 +38,14 @@ def window_flops(lm: LMConfig, window: RowWindow, length: int, frame_ids: np.nda
   """(FLOPs of one layer recomputing `window`, fraction of attention key blocks visited), with
   chunk attention computed in `blocks` = (query block, key block) tiles."""
   rows = window.size
-  if window.chunk is None:
+  if window.frame_window is None:
     return rows * row_flops(lm) + rows * length * pair_flops(lm), 1.0
   start = int(window.start)
   q_frame = frame_ids[start:start + rows]
   visual = q_frame != GLOBAL
   block_q, block_k = blocks
   table = block_sparse.block_table(
-      FrameWindowMask(q_frame[visual], frame_ids, window.chunk).padded(block_q, block_k),
+      FrameWindowMask(q_frame[visual], frame_ids, window.frame_window).padded(block_q, block_k),
       block_q, block_k)
   key_blocks = -(-length // block_k)
   pairs = int(table.counts.sum()) * block_q * block_k + int((~visual).sum()) * length
@@ -74,3 +74,30 @@ def plain_flops(lm: LMConfig, length: int, block_length: int) -> int:
   """FLOPs of one step of plain decoding: every layer over every row, the block's logits."""
   return lm.num_layers * (length * row_flops(lm) + length * length * pair_flops(lm)) + head_flops(
       lm, block_length)
+
+
+def decode_flops_per_step(model, policy, prompt_length: int, num_visual: int, config
+                          ) -> tuple[float, float]:
+  """(mean analytic FLOPs per denoising step of a whole decode under `policy`, fraction of key
+  blocks visited by frame-window attention), over every step of `config` (a `SamplerConfig`),
+  with the block sizes of the model's block-sparse implementation."""
+  from vidlada_jax.sampling import FullRecompute  # pylint: disable=g-import-not-at-top
+
+  lm = model.config.lm
+  length = prompt_length + config.gen_length
+  if isinstance(policy, FullRecompute):
+    return float(plain_flops(lm, length, config.block_length)), 1.0
+  kernel = block_sparse.get_implementation(model.lm.layers.self_attn.attend.sparse)
+  blocks = (kernel.BLOCK_Q, kernel.BLOCK_K)
+  total, density, step = 0.0, 1.0, 0
+  for block in range(config.num_blocks):
+    for block_step in range(config.steps_per_block):
+      plan = policy.plan(num_layers=lm.num_layers, prompt_length=prompt_length,
+                         num_visual=num_visual, tokens_per_frame=model.config.tokens_per_frame,
+                         config=config, step=step, block=block, block_step=block_step)
+      total += plan_flops(lm, plan, length, blocks)
+      for window in plan.windows:
+        if window.frame_window is not None:
+          density = window_flops(lm, window, length, plan.frame_ids, blocks)[1]
+      step += 1
+  return total / step, density

@@ -111,8 +111,8 @@ class LLaDABlock(nnx.Module):
 
     mask = global_kv = None
     anchors = cache.anchors
-    if window.chunk is not None:
-      mask = FrameWindowMask(frame_ids[start:start + size], frame_ids, window.chunk)
+    if window.frame_window is not None:
+      mask = FrameWindowMask(frame_ids[start:start + size], frame_ids, window.frame_window)
     if window.anchors is not None:
       rows = window.anchors.search(q, start, k_all, key_mask, frame_ids)
       anchors = jax.lax.dynamic_update_slice(anchors, rows[None], (layer, 0, 0))

@@ -15,7 +15,7 @@ with 64 frames. MARS-Cache (SPEC 8) recomputes far less, with three mechanisms, 
    attend (a cheap proxy) to every visual key; the `num_anchors` keys they attend to most,
    averaged over heads and sampled queries, are visible to every visual query.
 
-`MarsCacheConfig.exact()` turns every mechanism off and decodes exactly as plain decoding does
+`MarsCache.exact()` turns every mechanism off and decodes exactly as plain decoding does
 (same tokens; logits equal up to float summation order).
 
 So that each recomputed set is one window of consecutive rows, the cache stores the sequence
@@ -65,13 +65,13 @@ def _canvas_start_embeddings(model, prompt, config):
 
 
 @dataclasses.dataclass(frozen=True)
-class MarsCacheConfig:
+class MarsCache:
   """MARS-Cache, every mechanism a knob (defaults: see the README's measurements).
 
   pyramid: (tau_t of the first layer, tau_t of the last), interpolated linearly in between and
     rounded; ignored when `text_intervals` lists tau_t for every layer.
   visual_ratio: tau_v = visual_ratio * tau_t (an integer, so V refreshes only when T does).
-  chunk_window: w of frame-wise chunk attention; None attends globally.
+  frame_window: w of frame-wise chunk attention; None attends globally.
   anchor_queries, num_anchors: the anchor search (m sampled queries, k anchors); 0 anchors: off.
   rules: optional logical-axis rules (`configs/mesh.py`) to lay the cache out over the model's
     mesh; without them XLA propagates shardings from the parameters.
@@ -80,7 +80,7 @@ class MarsCacheConfig:
   pyramid: tuple[int, int] = (12, 6)
   text_intervals: tuple[int, ...] | None = None
   visual_ratio: int = 2
-  chunk_window: int | None = 1
+  frame_window: int | None = 1
   anchor_queries: int = 128
   num_anchors: int = 64
   rules: Any = None
@@ -93,18 +93,18 @@ class MarsCacheConfig:
       raise ValueError(f'refresh intervals must be >= 1 (pyramid is (first, last)), got {self}')
     if not isinstance(self.visual_ratio, int) or self.visual_ratio < 1:
       raise ValueError(f'visual_ratio must be a positive integer, got {self.visual_ratio!r}')
-    if self.chunk_window is not None and self.chunk_window < 0:
-      raise ValueError(f'chunk_window must be >= 0 or None, got {self.chunk_window}')
+    if self.frame_window is not None and self.frame_window < 0:
+      raise ValueError(f'frame_window must be >= 0 or None, got {self.frame_window}')
     if self.num_anchors < 0 or self.anchor_queries < 1:
       raise ValueError(f'num_anchors must be >= 0 and anchor_queries >= 1, got {self}')
-    if self.num_anchors and self.chunk_window is None:
-      raise ValueError('anchors extend chunk attention: set chunk_window too (or num_anchors=0)')
+    if self.num_anchors and self.frame_window is None:
+      raise ValueError('anchors extend chunk attention: set frame_window too (or num_anchors=0)')
     object.__setattr__(self, 'rules', _hashable_rules(self.rules))
 
   @classmethod
-  def exact(cls) -> 'MarsCacheConfig':
+  def exact(cls) -> 'MarsCache':
     """Every mechanism off: every layer recomputes every row at every step, globally."""
-    return cls(pyramid=(1, 1), visual_ratio=1, chunk_window=None, num_anchors=0)
+    return cls(pyramid=(1, 1), visual_ratio=1, frame_window=None, num_anchors=0)
 
   def intervals(self, num_layers: int) -> tuple[np.ndarray, np.ndarray]:
     """(tau_t, tau_v) per layer."""
@@ -126,12 +126,12 @@ class MarsCacheConfig:
               ) -> tuple[RowWindow, ...]:
     """The R, RT and RTV row windows of the segment-major sequence."""
     length = prompt_length + gen_length
-    chunk = self.chunk_window if num_visual else None
+    frame_window = self.frame_window if num_visual else None
     anchors = (AnchorSearch(self.anchor_queries, self.num_anchors)
-               if chunk is not None and self.num_anchors else None)
+               if frame_window is not None and self.num_anchors else None)
     return (RowWindow(prompt_length, gen_length),
             RowWindow(num_visual, length - num_visual),
-            RowWindow(0, length, chunk=chunk, anchors=anchors))
+            RowWindow(0, length, frame_window=frame_window, anchors=anchors))
 
   # --- CachePolicy ---
 
@@ -209,3 +209,7 @@ class DualCache:
                    config):
     return _cached_block_hidden(self, model, prompt, cache, canvas, config, step=step,
                                 block=block, block_step=block_step)
+
+
+# The name this policy was published under in vidlada-jax 0.1.
+MarsCacheConfig = MarsCache

@@ -26,6 +26,7 @@ the stop. Here a revealed token never changes: `k` is capped at the positions st
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Protocol, Sequence
@@ -420,8 +421,8 @@ def generate(
     stop_ids: tokens that end the answer: by default ('eot') the model's `<|eot_id|>`
       (`model.config.tokens.eot`); None or () for none.
     cache: the cache policy: `FullRecompute()` (the default: every step recomputes every layer
-      over the whole sequence, as the reference does), `MarsCacheConfig()` (MARS-Cache: see
-      `vidlada_jax.mars`; `MarsCacheConfig.exact()` turns every mechanism off) or `DualCache()`
+      over the whole sequence, as the reference does), `MarsCache()` (MARS-Cache: see
+      `vidlada_jax.mars`; `MarsCache.exact()` turns every mechanism off) or `DualCache()`
       (Fast-dLLM's block-wise dual cache).
     threshold: Fast-dLLM parallel decoding: at each step reveal every fillable position whose
       confidence exceeds it (at least one), until the block is full; `steps` then only needs to
@@ -462,9 +463,12 @@ def generate(
     rng = jax.random.key(0)
   row_keys = _row_keys(rng, ids.shape[0])
   graphdef, params = nnx.split(model)
-  return _sample_program(graphdef, params, jnp.asarray(ids), jnp.asarray(valid), pixel_values,
-                         row_keys, config=config, policy=cache or FullRecompute(), trace=trace,
-                         mesh=_mesh_of(params))
+  mesh = _mesh_of(params)
+  # A sharded model decodes under its mesh, so that kernels XLA cannot partition run per shard.
+  with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+    return _sample_program(graphdef, params, jnp.asarray(ids), jnp.asarray(valid), pixel_values,
+                           row_keys, config=config, policy=cache or FullRecompute(), trace=trace,
+                           mesh=mesh)
 
 
 def _mesh_of(params) -> Mesh | None:

@@ -23,6 +23,10 @@ from vidlada_jax.params import flat_params, map_params
 Rules = Sequence[tuple[str, Any]]
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
+# Where every rule set puts the batch and the attention heads: what ops that run per shard
+# (`shard_map`) split over.
+BATCH_AXES = ('data', 'fsdp')
+HEAD_AXES = ('tensor',)
 
 # Axes every rule set leaves whole (the last two name cache and activation dimensions: the
 # sequence, and the model width of cached hidden states).
@@ -93,13 +97,21 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
       tuple(sizes), names, axis_types=(AxisType.Auto,) * len(names), devices=devices)
 
 
-def parse_mesh_spec(spec: str) -> tuple[str, dict[str, int]]:
+def parse_mesh_spec(spec: str, default_rules: str | None = None) -> tuple[str, dict[str, int]]:
   """"fsdp_tp:data=2,tensor=4" -> ("fsdp_tp", {data: 2, fsdp: -1, tensor: 4}): a rule-set name,
-  optionally followed by axis sizes (axes not named keep the rule set's default shape)."""
+  optionally followed by axis sizes (axes not named keep the rule set's default shape).
+
+  With `default_rules`, a spec of sizes alone ("fsdp=8,tensor=2") names the whole shape (axes not
+  named are 1) under that rule set.
+  """
   name, _, sizes = spec.partition(':')
-  if name not in RULE_SETS:
+  if default_rules is not None and '=' in name:
+    name, sizes = default_rules, spec
+    shape = dict.fromkeys(MESH_AXES, 1)
+  elif name not in RULE_SETS:
     raise ValueError(f'unknown mesh rule set {name!r}; known: {", ".join(RULE_SETS)}')
-  shape = dict(DEFAULT_MESH_SHAPES[name])
+  else:
+    shape = dict(DEFAULT_MESH_SHAPES[name])
   for item in filter(None, sizes.split(',')):
     axis, _, size = item.partition('=')
     if axis not in MESH_AXES or not size.lstrip('-').isdigit():

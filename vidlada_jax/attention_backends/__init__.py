@@ -4,5 +4,6 @@
 its metadata, block table and dense reference; `xla_gather`, `gpu` (Pallas Triton) and `tpu`
 (Pallas Mosaic) implement it; `dense` adapts cuDNN and splash attention for plain attention.
 `_gpu_api` and `_tpu_api` hold the fast-moving Pallas APIs. Every kernel takes `interpret=` so
-the same tests run on CPU. `python -m vidlada_jax.launch.bench_kernels` times them on the current device.
+the same tests run on CPU. `python -m vidlada_jax.launch.bench_kernels` times them on the
+current device.
 """

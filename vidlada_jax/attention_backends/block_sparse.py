@@ -3,13 +3,13 @@
 The op computes, for every query row q and every key row k,
 
     visible(q, k) = key_mask[k] and (frame[q] == -1 or frame[k] == -1
-                                     or |frame[q] - frame[k]| <= window)
+                                     or |frame[q] - frame[k]| <= frame_window)
 
 and softmax attention over the visible keys (float32 softmax, scale 1/sqrt(D), probabilities cast
 to v's dtype before the second product). Frame ids are per-token metadata: a visual token carries
 the index of its video frame, a text or response token carries -1 (global: it sees and is seen by
 everything). This is MARS-Cache's frame-wise chunk attention (a visual query sees the frames
-n - w .. n + w, the text and the response); with no -1 anywhere and a huge window it is plain
+n - w .. n + w, the text and the response); with no -1 anywhere and a huge frame window it is plain
 attention.
 
 The keys are visited in blocks: `block_table` turns the metadata into, for each block of queries,
@@ -19,7 +19,7 @@ blocks), so every implementation computes the same function as the dense referen
 
 Optionally a small second set of "global" keys/values (`GlobalKV`, e.g. gathered anchor tokens)
 joins the same softmax: a global key is visible to a query exactly when the block mask does *not*
-already show it (so an anchor inside a query's own window is counted once), and the two partial
+already show it (so an anchor inside a query's own frame window is counted once), and the two partial
 results are merged through their log-sum-exps.
 
 Layouts follow the model: q [B, Lq, H, D], k/v [B, Lk, Hkv, D] with Hkv dividing H.
@@ -54,7 +54,7 @@ PAD = -2  # frame id of padding rows added to reach whole blocks: sees nothing, 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class FrameWindowMask:
-  """Per-token frame ids of the queries and keys (host numpy, static) and the window w.
+  """Per-token frame ids of the queries and keys (host numpy, static) and the frame window w.
 
   Static because the block table's shape (how many key blocks a query block visits) depends on
   them; in MARS-Cache they are a fixed function of the prompt layout.
@@ -62,23 +62,24 @@ class FrameWindowMask:
 
   q_frame: np.ndarray  # [Lq] int32, GLOBAL for text and response rows
   k_frame: np.ndarray  # [Lk] int32
-  window: int
+  frame_window: int
 
   def __post_init__(self):
     object.__setattr__(self, 'q_frame', _frames(self.q_frame, 'q_frame'))
     object.__setattr__(self, 'k_frame', _frames(self.k_frame, 'k_frame'))
-    if int(self.window) < 0:
-      raise ValueError(f'window must be >= 0, got {self.window}')
-    object.__setattr__(self, 'window', int(self.window))
+    if int(self.frame_window) < 0:
+      raise ValueError(f'frame_window must be >= 0, got {self.frame_window}')
+    object.__setattr__(self, 'frame_window', int(self.frame_window))
 
   def dense(self) -> np.ndarray:
     """The [Lq, Lk] boolean mask (without key_mask), for references and tests."""
-    return visible(self.q_frame[:, None], self.k_frame[None, :], self.window, xp=np)
+    return visible(self.q_frame[:, None], self.k_frame[None, :], self.frame_window, xp=np)
 
   def padded(self, block_q: int, block_k: int) -> 'FrameWindowMask':
     """The mask of queries and keys padded with PAD rows to whole blocks."""
     pad = lambda frames, block: np.pad(frames, (0, -len(frames) % block), constant_values=PAD)
-    return FrameWindowMask(pad(self.q_frame, block_q), pad(self.k_frame, block_k), self.window)
+    return FrameWindowMask(pad(self.q_frame, block_q), pad(self.k_frame, block_k),
+                           self.frame_window)
 
 
 def _frames(frames, name: str) -> np.ndarray:
@@ -94,10 +95,10 @@ def _frames(frames, name: str) -> np.ndarray:
   return frames.astype(np.int32)
 
 
-def visible(q_frame, k_frame, window: int, xp=jnp):
+def visible(q_frame, k_frame, frame_window: int, xp=jnp):
   """Element mask of the frame window (broadcasting q_frame against k_frame)."""
   real = (q_frame != PAD) & (k_frame != PAD)
-  near = xp.abs(q_frame - k_frame) <= window
+  near = xp.abs(q_frame - k_frame) <= frame_window
   return real & ((q_frame == GLOBAL) | (k_frame == GLOBAL) | near)
 
 
@@ -149,10 +150,10 @@ def block_table(mask: FrameWindowMask, block_q: int, block_k: int) -> BlockTable
 
   Lq and Lk must be multiples of the block sizes (`pad_to_blocks`). A block pair is visited when
   one side holds a global token and the other a real one, or when their frame ranges come within
-  the window: a superset of the pairs holding a visible element, and for contiguous frames
+  the frame window: a superset of the pairs holding a visible element, and for contiguous frames
   (video tokens) exactly those pairs.
   """
-  q_frame, k_frame, w = mask.q_frame, mask.k_frame, mask.window
+  q_frame, k_frame, w = mask.q_frame, mask.k_frame, mask.frame_window
   if len(q_frame) % block_q or len(k_frame) % block_k:
     raise ValueError(f'lengths ({len(q_frame)}, {len(k_frame)}) are not multiples of the blocks '
                      f'({block_q}, {block_k}); pad with pad_to_blocks first')
@@ -215,9 +216,9 @@ def _dense_partial(q, k, v, allowed) -> Partial:
                  lse.reshape(batch, num_heads, q_len))
 
 
-def global_partial(q, q_frame: jax.Array, global_kv: GlobalKV, window: int) -> Partial:
+def global_partial(q, q_frame: jax.Array, global_kv: GlobalKV, frame_window: int) -> Partial:
   """Attention of every query to the global keys its frame window does not already show."""
-  shown = visible(q_frame[None, :, None], global_kv.frame[:, None, :], window)
+  shown = visible(q_frame[None, :, None], global_kv.frame[:, None, :], frame_window)
   allowed = global_kv.valid[:, None, :] & ~shown & (q_frame != PAD)[None, :, None]  # [B,Lq,A]
   # Many queries, a few keys: queries head-major [B, Hkv, G * Lq, D] as the left operand, so the
   # only transposes are of q's heads (contiguous rows) and of the small global set.
@@ -242,7 +243,8 @@ def global_partial(q, q_frame: jax.Array, global_kv: GlobalKV, window: int) -> P
 # --- The op --------------------------------------------------------------------------------------
 
 # Each implementation module provides
-#   attention_partial(q, k, v, *, table, q_frame, k_frame, key_mask, window, interpret) -> Partial
+#   attention_partial(q, k, v, *, table, q_frame, k_frame, key_mask, frame_window, interpret)
+#     -> Partial
 # with q [B, Lq, H, D], k/v [B, Lk, Hkv, D] (lengths multiples of the table's blocks), q_frame
 # [Lq] / k_frame [Lk] int32 and key_mask [B, Lk] bool device arrays; and BLOCK_Q, BLOCK_K, the
 # block sizes it runs best with.
@@ -252,6 +254,41 @@ IMPLEMENTATIONS = {
     'pallas_gpu': 'vidlada_jax.attention_backends.gpu',
     'pallas_tpu': 'vidlada_jax.attention_backends.tpu',
 }
+
+
+# Implementations XLA can differentiate. The Pallas kernels have no derivative of their own: their
+# backward is the VJP of `xla_gather` over the same block table (the same function, recomputed in
+# plain XLA), so the training path can use them.
+DIFFERENTIABLE = ('xla_dense', 'xla_gather')
+
+
+def with_xla_backward(kernel):
+  """`kernel.attention_partial` with a `custom_vjp` whose backward is xla_gather's VJP."""
+  reference = get_implementation('xla_gather')
+
+  def attention_partial(q, k, v, *, table, q_frame, k_frame, key_mask, frame_window,
+                        interpret=False) -> Partial:
+    @jax.custom_vjp
+    def forward(q, k, v, q_frame, k_frame, key_mask):
+      return kernel.attention_partial(q, k, v, table=table, q_frame=q_frame, k_frame=k_frame,
+                                      key_mask=key_mask, frame_window=frame_window,
+                                      interpret=interpret)
+
+    def forward_with_residuals(*args):
+      return forward(*args), args
+
+    def backward(args, cotangent):
+      q, k, v, q_frame, k_frame, key_mask = args
+      recompute = lambda q, k, v: reference.attention_partial(
+          q, k, v, table=table, q_frame=q_frame, k_frame=k_frame, key_mask=key_mask,
+          frame_window=frame_window)
+      _, vjp = jax.vjp(recompute, q, k, v)
+      return (*vjp(cotangent), None, None, None)  # frames and key_mask take no gradient
+
+    forward.defvjp(forward_with_residuals, backward)
+    return forward(q, k, v, q_frame, k_frame, key_mask)
+
+  return attention_partial
 
 
 def get_implementation(name: str):
@@ -266,11 +303,11 @@ def get_implementation(name: str):
 BLOCK_Q = BLOCK_K = 128
 
 
-def attention_partial(q, k, v, *, table, q_frame, k_frame, key_mask, window, interpret=False
+def attention_partial(q, k, v, *, table, q_frame, k_frame, key_mask, frame_window, interpret=False
                       ) -> Partial:
   """`xla_dense`: the reference. Builds the whole mask and ignores the table."""
   del table, interpret
-  allowed = key_mask[:, None, :] & visible(q_frame[:, None], k_frame[None, :], window)[None]
+  allowed = key_mask[:, None, :] & visible(q_frame[:, None], k_frame[None, :], frame_window)[None]
   return _dense_partial(q, k, v, allowed)
 
 
@@ -296,7 +333,7 @@ def block_sparse_attention(
     block_k: int | None = None,
     interpret: bool = False,
 ) -> jax.Array:
-  """Frame-window attention of q [B, Lq, H, D] over k/v [B, Lk, Hkv, D] -> [B, Lq, H, D].
+  """Frame-frame_window attention of q [B, Lq, H, D] over k/v [B, Lk, Hkv, D] -> [B, Lq, H, D].
 
   Only the key blocks the table lists are computed; `global_kv` joins the same softmax. Lengths
   need not be multiples of the blocks (rows are padded and the padding masked). Block sizes
@@ -317,14 +354,17 @@ def block_sparse_attention(
   padded = mask.padded(block_q, block_k)
   q_frame, k_frame = padded.q_frame, padded.k_frame
   table = block_table(padded, block_q, block_k)
-  partial = impl.attention_partial(
+  attention_partial = (impl.attention_partial if implementation in DIFFERENTIABLE
+                       else with_xla_backward(impl))
+  partial = attention_partial(
       pad_to_blocks(q, block_q), pad_to_blocks(k, block_k), pad_to_blocks(v, block_k),
       table=table, q_frame=jnp.asarray(q_frame), k_frame=jnp.asarray(k_frame),
-      key_mask=pad_to_blocks(key_mask, block_k, value=False), window=mask.window,
+      key_mask=pad_to_blocks(key_mask, block_k, value=False), frame_window=mask.frame_window,
       interpret=interpret)
   partial = Partial(partial.out[:, :q_len], partial.lse[:, :, :q_len])
   if global_kv is not None:
-    partial = merge(partial, global_partial(q, jnp.asarray(mask.q_frame), global_kv, mask.window))
+    partial = merge(partial, global_partial(q, jnp.asarray(mask.q_frame), global_kv,
+                                            mask.frame_window))
   return partial.out.astype(q.dtype)
 
 
@@ -338,7 +378,7 @@ def reference_attention(q, k, v, *, mask: FrameWindowMask, key_mask=None,
   allowed = jnp.broadcast_to(allowed, (batch,) + allowed.shape[1:])
   if global_kv is not None:
     q_frame = jnp.asarray(mask.q_frame)
-    shown = visible(q_frame[None, :, None], global_kv.frame[:, None, :], mask.window)
+    shown = visible(q_frame[None, :, None], global_kv.frame[:, None, :], mask.frame_window)
     allowed = jnp.concatenate([allowed, global_kv.valid[:, None, :] & ~shown], axis=-1)
     k = jnp.concatenate([k, global_kv.k.astype(k.dtype)], axis=1)
     v = jnp.concatenate([v, global_kv.v.astype(v.dtype)], axis=1)

@@ -39,7 +39,7 @@ def _check_tile(name: str, size: int) -> None:
 
 
 def _attention_kernel(indices_ref, counts_ref, q_frame_ref, k_code_ref, q_ref, k_ref, v_ref,
-                      out_ref, lse_ref, *, block_k: int, window: int):
+                      out_ref, lse_ref, *, block_k: int, frame_window: int):
   """One query block of one head: online softmax over the key blocks its table row lists."""
   block_q, head_dim = q_ref.shape
   q = q_ref[...]
@@ -51,7 +51,7 @@ def _attention_kernel(indices_ref, counts_ref, q_frame_ref, k_code_ref, q_ref, k
     keys = pl.ds(start, block_k)
     scores = jnp.dot(q, k_ref[keys, :].T, preferred_element_type=jnp.float32)
     scores = scores * (head_dim ** -0.5)
-    allowed = block_sparse.visible(q_frame[:, None], k_code_ref[keys][None, :], window)
+    allowed = block_sparse.visible(q_frame[:, None], k_code_ref[keys][None, :], frame_window)
     scores = jnp.where(allowed, scores, -jnp.inf)
     new_max = jnp.maximum(row_max, scores.max(axis=-1))
     # A row that has seen no visible key yet keeps max -inf; shifting by 0 instead keeps
@@ -73,7 +73,7 @@ def _attention_kernel(indices_ref, counts_ref, q_frame_ref, k_code_ref, q_ref, k
 
 
 def attention_partial(q, k, v, *, table: block_sparse.BlockTable, q_frame, k_frame, key_mask,
-                      window: int, interpret: bool = False) -> block_sparse.Partial:
+                      frame_window: int, interpret: bool = False) -> block_sparse.Partial:
   """Block-sparse attention of q [B, Lq, H, D] over k/v [B, Lk, Hkv, D] (lengths multiples of
   the table's blocks) -> Partial(out [B, Lq, H, D], lse [B, H, Lq])."""
   batch, q_len, num_heads, head_dim = q.shape
@@ -92,7 +92,7 @@ def attention_partial(q, k, v, *, table: block_sparse.BlockTable, q_frame, k_fra
                      f'{block_k}) does not cover the lengths ({q_len}, {k_len})')
   k_code = jnp.where(key_mask, k_frame[None, :], block_sparse.PAD).astype(jnp.int32)
 
-  kernel = functools.partial(_attention_kernel, block_k=block_k, window=window)
+  kernel = functools.partial(_attention_kernel, block_k=block_k, frame_window=frame_window)
   whole_keys = pl.BlockSpec((None, k_len, None, head_dim), lambda i, b, h: (b, 0, h // groups, 0))
   query_block = pl.BlockSpec((None, block_q, None, head_dim), lambda i, b, h: (b, i, h, 0))
   out, lse = pl.pallas_call(

@@ -6,8 +6,8 @@ its empty result). The list is scalar-prefetched into SMEM and read by the Block
 so the pipeline fetches only the visited key/value blocks and keeps a query block and its output
 resident across its steps; unlike a (query block, visit) grid padded to the longest row, no step
 is spent on padding, which matters for MARS-Cache: text query blocks visit every key block, frame
-query blocks only their window's few. Across a query block's steps an online softmax accumulates
-in VMEM scratch (running max, sum, unnormalised output), reset at its first step and normalised at
+query blocks only their frame window's few. Across a query block's steps an online softmax
+accumulates in VMEM scratch (running max, sum, unnormalised output), reset at its first step and normalised at
 its last; the exact element mask (`block_sparse.visible` and key_mask) applies inside each block,
 so the result is the reference's.
 
@@ -44,7 +44,7 @@ _QK_DIMS = (((1,), (1,)), ((), ()))  # [bq, D] x [bk, D] -> [bq, bk]
 _PV_DIMS = (((1,), (0,)), ((), ()))  # [bq, bk] x [bk, D] -> [bq, D]
 
 
-def attention_partial(q, k, v, *, table: BlockTable, q_frame, k_frame, key_mask, window,
+def attention_partial(q, k, v, *, table: BlockTable, q_frame, k_frame, key_mask, frame_window,
                       interpret=False) -> Partial:
   """Frame-window attention over the blocks `table` lists -> Partial(out [B, Lq, H, D], lse)."""
   batch, q_len, num_heads, head_dim = q.shape
@@ -80,7 +80,7 @@ def attention_partial(q, k, v, *, table: BlockTable, q_frame, k_frame, key_mask,
     return b, 0, k_blocks[s]
 
   kernel = functools.partial(
-      _kernel, window=window, scale=head_dim ** -0.5,
+      _kernel, frame_window=frame_window, scale=head_dim ** -0.5,
       precision=lax.Precision.HIGHEST if q.dtype == jnp.float32 else None)
   out, lse = pl.pallas_call(
       kernel,
@@ -140,7 +140,8 @@ def _widen(rows, width: int):
 
 
 def _kernel(q_blocks_ref, k_blocks_ref, visits_ref, counts_ref, q_ref, k_ref, v_ref, q_frame_ref,
-            k_frame_ref, out_ref, lse_ref, max_ref, sum_ref, acc_ref, *, window, scale, precision):
+            k_frame_ref, out_ref, lse_ref, max_ref, sum_ref, acc_ref, *, frame_window, scale,
+            precision):
   step = pl.program_id(2)
   visit, count = visits_ref[step], counts_ref[q_blocks_ref[step]]
 
@@ -156,7 +157,7 @@ def _kernel(q_blocks_ref, k_blocks_ref, visits_ref, counts_ref, q_ref, k_ref, v_
     scores = lax.dot_general(q_ref[...], k_ref[...], _QK_DIMS, precision=precision,
                              preferred_element_type=jnp.float32) * scale
     block_k = scores.shape[1]
-    allowed = visible(_widen(q_frame_ref[...], block_k), k_frame_ref[:1, :], window)
+    allowed = visible(_widen(q_frame_ref[...], block_k), k_frame_ref[:1, :], frame_window)
     scores = jnp.where(allowed, scores, -jnp.inf)
     max_prev = max_ref[...]
     max_next = jnp.maximum(max_prev, scores.max(axis=1)[:, None])

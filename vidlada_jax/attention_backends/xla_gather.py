@@ -41,7 +41,7 @@ def _buckets(counts: np.ndarray) -> list[tuple[np.ndarray, int]]:
   return buckets
 
 
-def _attend_strip(q_block, q_frame, k_blocks, v_blocks, k_code, visits, visit_valid, window):
+def _attend_strip(q_block, q_frame, k_blocks, v_blocks, k_code, visits, visit_valid, frame_window):
   """Attention of one query block [B, Hkv, G, bq, D] over the key blocks `visits` [V] of
   k_blocks/v_blocks [B, Hkv, nkb, bk, D] -> out [B, Hkv, G, bq, D], lse [B, Hkv, G, bq].
 
@@ -57,7 +57,7 @@ def _attend_strip(q_block, q_frame, k_blocks, v_blocks, k_code, visits, visit_va
   # A visit past the row's count repeats the last block: its keys count as padding.
   key_frame = jnp.where(visit_valid[:, None], k_code[:, visits], block_sparse.PAD)
   allowed = block_sparse.visible(key_frame.reshape(batch, strip, 1), q_frame[None, None, :],
-                                 window)  # [B, strip, bq]
+                                 frame_window)  # [B, strip, bq]
   allowed = jnp.tile(allowed, (1, 1, groups))[:, None]  # [B, 1, strip, G * bq]
   queries = q_block.reshape(batch, num_kv_heads, groups * block_q, head_dim)
   scores = jnp.einsum('bhkd,bhmd->bhkm', keys, queries, preferred_element_type=jnp.float32)
@@ -71,7 +71,7 @@ def _attend_strip(q_block, q_frame, k_blocks, v_blocks, k_code, visits, visit_va
 
 
 def attention_partial(q, k, v, *, table: block_sparse.BlockTable, q_frame, k_frame, key_mask,
-                      window: int, interpret: bool = False) -> block_sparse.Partial:
+                      frame_window: int, interpret: bool = False) -> block_sparse.Partial:
   """Block-sparse attention of q [B, Lq, H, D] over k/v [B, Lk, Hkv, D] (lengths multiples of
   the table's blocks) -> Partial(out [B, Lq, H, D], lse [B, H, Lq])."""
   del interpret  # plain XLA: nothing to interpret
@@ -97,7 +97,7 @@ def attention_partial(q, k, v, *, table: block_sparse.BlockTable, q_frame, k_fra
 
     def attend(args):
       q_block, frames, visits, valid = args
-      return _attend_strip(q_block, frames, k_blocks, v_blocks, k_code, visits, valid, window)
+      return _attend_strip(q_block, frames, k_blocks, v_blocks, k_code, visits, valid, frame_window)
 
     out, lse = jax.lax.map(attend, (q_blocks[rows], q_frames[rows],
                                     jnp.asarray(table.indices[rows, :width]),

@@ -462,6 +462,56 @@ def export_videos(examples: Iterable[Mapping[str, Any]], root: str | os.PathLike
   return mixture
 
 
+def config_examples(config: SyntheticVideoQaConfig | str, split: str) -> Iterator[dict]:
+  """The examples of `split` that `config`'s tfds builder yields, drawn directly (no dataset is
+  prepared): a generator, in id order."""
+  if isinstance(config, str):
+    config = named_config(config)
+  return split_examples(config.seed, split, config.split_sizes, num_frames=config.num_frames,
+                        size=config.image_size, object_scale=config.object_scale,
+                        question_types=config.question_types)
+
+
+def examples_of(split: str, config: SyntheticVideoQaConfig | str = 'default',
+                data_dir: str | os.PathLike | None = None) -> Iterable[Mapping[str, Any]]:
+  """`split`'s examples in id order: drawn directly (`config_examples`) without `data_dir`; with
+  it, read from the tfds dataset prepared there (a config given as an object, or a named one, is
+  prepared first; any other name must have been prepared already)."""
+  named = [c.name for c in SyntheticVideoQa.BUILDER_CONFIGS]
+  if isinstance(config, str) and config in named:
+    config = named_config(config)
+  if data_dir is None:
+    if isinstance(config, str):
+      raise ValueError(f'{config!r} is not a named config ({", ".join(named)}); give the data '
+                       'directory it is prepared in')
+    return config_examples(config, split)
+  if not isinstance(config, str):
+    build(data_dir, config)
+    config = config.name
+  source = load_split(data_dir, split, config)
+  return sorted((source[i] for i in range(len(source))), key=lambda e: as_text(e['id']))
+
+
+def write_clips(examples: Iterable[Mapping[str, Any]], videos_dir: str | os.PathLike,
+                fps: int = FPS, progress: str | None = None) -> list[dict]:
+  """Writes each example's clip to `videos_dir/<id>.mp4` and returns one record per example:
+  id, video (the mp4's absolute path), prompt (`question_text`), question, options, answer,
+  answer_letter, question_type, format and num_frames. How evaluations meet the task: as video
+  files, read back exactly as a user's."""
+  videos_dir = Path(videos_dir).resolve()
+  videos_dir.mkdir(parents=True, exist_ok=True)
+  records = []
+  for example in tqdm.tqdm(examples, desc=progress, unit='clip', disable=progress is None):
+    text = {key: as_text(example[key])
+            for key in ('id', 'question', 'answer', 'answer_letter', 'question_type', 'format')}
+    video = write_video(videos_dir / f'{text["id"]}.mp4',
+                        np.stack(example['video']).astype(np.uint8, copy=False), fps)
+    records.append(dict(text, video=str(video), prompt=question_text(example),
+                        options=[as_text(o) for o in example['options']],
+                        num_frames=len(example['video'])))
+  return records
+
+
 def export_split(root: str | os.PathLike, split: str,
                  config: SyntheticVideoQaConfig | str = 'default', *, progress: bool = True) -> Path:
   """Writes one split of the task straight to mp4s + annotations (`export_videos`) without
@@ -469,9 +519,7 @@ def export_split(root: str | os.PathLike, split: str,
   training on the decoded-video path. Returns the mixture YAML's path."""
   if isinstance(config, str):
     config = named_config(config)
-  examples = split_examples(config.seed, split, config.split_sizes, num_frames=config.num_frames,
-                            size=config.image_size, object_scale=config.object_scale,
-                            question_types=config.question_types)
+  examples = config_examples(config, split)
   label = f'synthetic_video_qa/{config.name} {split}'
   if config.object_scale != 1:
     label += f' (objects x{config.object_scale:g})'

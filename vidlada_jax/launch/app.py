@@ -43,16 +43,16 @@ import jax
 import numpy as np
 
 import vidlada_jax as vj
-from vidlada_jax import assets
-from vidlada_jax.launch import sample
-from vidlada_jax.launch import demo as demo_job
-from vidlada_jax import probes, prompting, sampling
+from vidlada_jax import assets, policy_comparison, prompting, sampling
+from vidlada_jax.answering import Answerer, Question
 from vidlada_jax.input_pipeline import synthetic_qa
+from vidlada_jax.launch import demo as demo_job
+from vidlada_jax.policies import CACHE_POLICIES
 from vidlada_jax.sampling import SamplerConfig
 from vidlada_jax.video import VideoError
 
 MASK_GLYPH = '░'  # how a still-masked canvas position is shown
-CACHE_CHOICES = tuple(sample.CACHE_POLICIES)
+CACHE_CHOICES = tuple(CACHE_POLICIES)
 FRAMES = 64  # as vidlada_jax.launch.demo and vidlada_jax.launch.sample read videos
 
 
@@ -129,8 +129,9 @@ def missing_checkpoint_message(checkpoint: Path) -> str:
 class Demo:
   """A loaded checkpoint answering one question at a time with a traced decode.
 
-  Reuses `vidlada_jax.launch.sample.Sampler` for loading, frame sampling and the prompt, so an answer here
-  equals what `vidlada_jax.launch.sample` (or `Sampler.answer`) gives with the same settings.
+  Decodes through `vidlada_jax.Answerer` (loading, frame sampling, the prompt and the decode
+  call), so an answer here equals what `vidlada_jax.launch.sample` or `Answerer.ask` gives with
+  the same settings.
   """
 
   def __init__(self, checkpoint: str | os.PathLike, *, frames: int = FRAMES, think: bool = False,
@@ -143,12 +144,11 @@ class Demo:
     self.checkpoint = checkpoint
     self.seed = seed
     # The settings are replaced per question (`settings`); these only have to be valid.
-    self.sampler = sample.Sampler(checkpoint, SamplerConfig(gen_length=8, steps=8, block_length=8),
-                                  frames=frames, dtype=dtype, think=think, seed=seed)
-    self.model = self.sampler.model
-    self.tokenizer = self.sampler.tokenizer
+    self.answerer = Answerer(checkpoint, frames=frames, dtype=dtype, think=think, seed=seed)
+    self.model = self.answerer.model
+    self.tokenizer = self.answerer.tokenizer
     self.tokens = self.model.config.tokens  # this checkpoint's special ids (never LLaDA's)
-    self._lock = threading.Lock()  # one decode at a time: the Sampler's settings are shared
+    self._lock = threading.Lock()  # one decode at a time: the answerer's settings are shared
     self._compiled: set = set()
 
   def settings(self, gen_length: int, steps: int, block_length: int) -> SamplerConfig:
@@ -166,25 +166,21 @@ class Demo:
     """
     if not question or not question.strip():
       raise ValueError('type a question about the video')
-    if cache not in sample.CACHE_POLICIES:
+    if cache not in CACHE_POLICIES:
       raise ValueError(f'cache must be one of {CACHE_CHOICES}, got {cache!r}')
     settings = self.settings(gen_length, steps, block_length)
     with self._lock:
-      self.sampler.settings = settings  # `prepare` checks the context length against it
-      clip, prompt = self.sampler.prepare(sample.Item('0', Path(video), question))
-      pixels = vj.preprocess_frames(clip.frames, self.model.config.vision.image_size)[None]
-      # The key the Sampler uses for its first batch, so answers match vidlada_jax.launch.sample's.
+      self.answerer.settings = settings  # `prepare` checks the context length against it
+      self.answerer.cache = cache
+      clip, prompt = self.answerer.prepare(Question(Path(video), question))
+      pixels = self.answerer.pixels([clip])
+      # The key a fresh answerer uses for its first batch, so answers match vidlada-sample's.
       _, key = jax.random.split(jax.random.key(self.seed))
-      multiple = self.sampler.pad_to_multiple_of
+      multiple = self.answerer.pad_to_multiple_of
       program = (settings, cache, pixels.shape, sampling.padded_length(len(prompt), multiple))
       compiled = program not in self._compiled
       start = time.perf_counter()
-      # The same call as Sampler.answer's, plus the trace.
-      out = vj.generate(self.model, [prompt], pixels, rng=key,
-                        cache=sample.CACHE_POLICIES[cache], trace=True,
-                        pad_to_multiple_of=multiple,
-                        **{f.name: getattr(settings, f.name)
-                           for f in dataclasses.fields(settings) if f.name != 'tokens'})
+      out = self.answerer.decode([prompt], pixels, rng=key, trace=True)
       final = np.asarray(out.tokens)[0]
       history = np.asarray(out.history)
       seconds = time.perf_counter() - start
@@ -192,7 +188,7 @@ class Demo:
     mask = self.tokens.mask
     canvases = [np.full(settings.gen_length, mask, np.int32)]
     blocks = [0]
-    _, step_blocks, step_numbers = probes.trajectory(history, mask)
+    _, step_blocks, step_numbers = policy_comparison.trajectory(history, mask)
     for block, number in zip(step_blocks, step_numbers):
       canvases.append(history[block, number, 0])
       blocks.append(int(block))

@@ -2,7 +2,7 @@
 
     python -m vidlada_jax.launch.bench_mars                   16 frames x 210 tokens, gen 64 / steps 64
     python -m vidlada_jax.launch.bench_mars --quick --json    a reduced case in under two minutes, as JSON
-    python -m vidlada_jax.launch.bench_mars --policies plain,default,dual
+    python -m vidlada_jax.launch.bench_mars --policies none,mars,dual
 
 One random model of the real width ratio (head dim 128, MLP 3x the width; a 16k vocabulary, so
 the logits cost the share of a step they cost the 8B model; weights of useful scale,
@@ -11,15 +11,16 @@ video prompt (a generated clip of moving squares: neighbouring frames alike, as 
 once per policy, greedy, float32, no stop token, on this machine's default device. For each
 policy the table gives:
 
-  tokens/s, speedup    gen_length / seconds of one `vj.generate` call (compiled beforehand),
-                       against plain decoding in the same run
+  tokens/s, speedup    gen_length / the median seconds of `--repeats` (3) `vj.generate` calls
+                       (compiled beforehand; the policies take turns, round by round), against
+                       plain decoding in the same run
   GFLOP/step, ratio    analytic FLOPs per denoising step (`vidlada_jax.flops`: what each layer
                        recomputes under the policy's schedule, attention over the key blocks the
                        block table visits, the block's logits) and plain's FLOPs over them
   blocks               fraction of attention key blocks visited when visual rows are recomputed
   tokens equal         fraction of the decoded tokens equal to plain decoding's
   logits rel. err      max |logits - plain| / max |plain| of the block logits along plain
-  top-1 agree          decoding's trajectory (`vidlada_jax.probes.compare_along`), and how often
+  top-1 agree          decoding's trajectory (`vidlada_jax.policy_comparison.compare_along`), and how often
                        the most likely token is the same at still-masked positions
 """
 
@@ -27,12 +28,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
-import time
 
 import numpy as np
+
+from vidlada_jax.policies import DESCRIPTIONS
 
 FULL = dict(frames=16, hidden=512, heads=4, layers=8, gen_length=64, steps=64, block_length=32)
 QUICK = dict(frames=4, hidden=256, heads=2, layers=4, gen_length=32, steps=32, block_length=32)
@@ -45,34 +48,13 @@ TOKENS = dict(bos=VOCAB - 8, eos=VOCAB - 7, mask=VOCAB - 6, start_header=VOCAB -
 
 
 def policies(names):
-  import vidlada_jax as vj
+  """The named policies of `vidlada_jax.policies`, in the order given."""
+  from vidlada_jax.policies import CACHE_POLICIES  # pylint: disable=g-import-not-at-top
 
-  default = vj.MarsCacheConfig()
-  every_step = dict(pyramid=(1, 1), visual_ratio=1)
-  known = {
-      'plain': vj.FullRecompute(),
-      'exact': vj.MarsCacheConfig.exact(),
-      'refresh': vj.MarsCacheConfig(chunk_window=None, num_anchors=0),
-      'chunk': vj.MarsCacheConfig(**every_step, num_anchors=0),
-      'chunk+anchors': vj.MarsCacheConfig(**every_step),
-      'default': default,
-      'dual': vj.DualCache(),
-  }
-  unknown = set(names) - set(known)
+  unknown = set(names) - set(CACHE_POLICIES)
   if unknown:
-    raise SystemExit(f'unknown policies {sorted(unknown)}; known: {", ".join(known)}')
-  return {name: known[name] for name in names}
-
-
-DESCRIPTIONS = {
-    'plain': 'plain decoding (FullRecompute)',
-    'exact': 'MARS-Cache, every knob off (.exact())',
-    'refresh': 'asynchronous refresh alone',
-    'chunk': 'chunk attention alone (w=1)',
-    'chunk+anchors': 'chunk attention + anchors',
-    'default': 'MARS-Cache default (MarsCacheConfig())',
-    'dual': 'Fast-dLLM dual cache (DualCache())',
-}
+    raise SystemExit(f'unknown policies {sorted(unknown)}; known: {", ".join(CACHE_POLICIES)}')
+  return {name: CACHE_POLICIES[name] for name in names}
 
 
 def moving_squares(num_frames: int, size: int = 384) -> np.ndarray:
@@ -90,38 +72,12 @@ def moving_squares(num_frames: int, size: int = 384) -> np.ndarray:
   return frames
 
 
-def plan_flops_per_step(model, policy, prompt_length, num_visual, config) -> tuple[float, float]:
-  """(mean analytic FLOPs per step, fraction of key blocks visited by chunk windows)."""
-  import vidlada_jax as vj
-  from vidlada_jax.attention_backends import block_sparse
-  from vidlada_jax import flops
-
-  lm = model.config.lm
-  length = prompt_length + config.gen_length
-  kernel = block_sparse.get_implementation(model.lm.layers.self_attn.attend.sparse)
-  blocks = (kernel.BLOCK_Q, kernel.BLOCK_K)
-  if isinstance(policy, vj.FullRecompute):
-    return float(flops.plain_flops(lm, length, config.block_length)), 1.0
-  total, density = 0.0, 1.0
-  step = 0
-  for block in range(config.num_blocks):
-    for block_step in range(config.steps_per_block):
-      plan = policy.plan(num_layers=lm.num_layers, prompt_length=prompt_length,
-                         num_visual=num_visual, tokens_per_frame=model.config.tokens_per_frame,
-                         config=config, step=step, block=block, block_step=block_step)
-      total += flops.plan_flops(lm, plan, length, blocks)
-      for window in plan.windows:
-        if window.chunk is not None:
-          density = flops.window_flops(lm, window, length, plan.frame_ids, blocks)[1]
-      step += 1
-  return total / step, density
-
-
-def run(quick: bool, names) -> dict:
+def run(quick: bool, names, repeats: int = 3) -> dict:
   import jax
 
   import vidlada_jax as vj
-  from vidlada_jax import probes, sampling
+  from vidlada_jax import flops, policy_comparison, sampling
+  from vidlada_jax.benchmarking import time_interleaved
   from vidlada_jax.params import randomise
 
   shape = QUICK if quick else FULL
@@ -140,28 +96,28 @@ def run(quick: bool, names) -> dict:
   num_visual = shape['frames'] * config.tokens_per_frame
   prompt_length = ids.shape[1] - 1 + num_visual
 
+  chosen = policies(names)
+  calls = {name: functools.partial(vj.generate, model, ids, pixels, cache=policy, stop_ids=(),
+                                   trace=True, **settings)
+           for name, policy in chosen.items()}
+  report = lambda name, t: print(f'  {name}: {t.median_s:.2f}s', file=sys.stderr, flush=True)
+  timings = time_interleaved(calls, repeats, on_done=report)
   rows = {}
-  for name, policy in policies(names).items():
-    run_once = lambda: vj.generate(model, ids, pixels, cache=policy, stop_ids=(), trace=True,
-                                   **settings)
-    start = time.perf_counter()
-    jax.block_until_ready(run_once())
-    compile_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    out = jax.block_until_ready(run_once())
-    seconds = time.perf_counter() - start
-    flops_per_step, density = plan_flops_per_step(model, policy, prompt_length, num_visual,
-                                                   sampler)
-    rows[name] = dict(seconds=seconds, compile_and_first_call_seconds=compile_seconds,
-                      tokens_per_s=shape['gen_length'] / seconds, flops_per_step=flops_per_step,
-                      blocks_visited=density, tokens=np.asarray(out.tokens),
-                      history=np.asarray(out.history))
-    print(f'  {name}: {seconds:.2f}s', file=sys.stderr, flush=True)
+  for name, policy in chosen.items():
+    timing = timings[name]
+    flops_per_step, density = flops.decode_flops_per_step(model, policy, prompt_length,
+                                                          num_visual, sampler)
+    rows[name] = dict(seconds=timing.median_s, calls_seconds=timing.seconds,
+                      compile_and_first_call_seconds=timing.first_call_s,
+                      tokens_per_s=shape['gen_length'] / timing.median_s,
+                      flops_per_step=flops_per_step, blocks_visited=density,
+                      tokens=np.asarray(timing.output.tokens),
+                      history=np.asarray(timing.output.history))
 
-  plain = rows.get('plain')
+  plain = rows.get('none')
   if plain is not None:
-    others = {name: p for name, p in policies(names).items() if name != 'plain'}
-    comparisons = probes.compare_along(model, ids, pixels, plain['history'], config=sampler,
+    others = {name: p for name, p in policies(names).items() if name != 'none'}
+    comparisons = policy_comparison.compare_along(model, ids, pixels, plain['history'], config=sampler,
                                        policies=others) if others else {}
     for name, row in rows.items():
       row['speedup'] = plain['seconds'] / row['seconds']
@@ -181,7 +137,7 @@ def run(quick: bool, names) -> dict:
 
 def summary(result: dict) -> dict:
   """The headline numbers of the default MARS-Cache against plain decoding."""
-  plain, mars = result['policies']['plain'], result['policies']['default']
+  plain, mars = result['policies']['none'], result['policies']['mars']
   return dict(plain_tokens_per_s=plain['tokens_per_s'], mars_tokens_per_s=mars['tokens_per_s'],
               speedup=mars['speedup'], flop_ratio=mars['flop_ratio'],
               token_agreement=mars['token_agreement'],
@@ -195,11 +151,11 @@ def print_table(result: dict) -> None:
         f'gen_length/steps/block {r["gen_length"]}/{r["steps"]}/{r["block_length"]}; LM width '
         f'{r["hidden"]}, {r["heads"]} heads of 128, MLP {3 * r["hidden"]}, {r["layers"]} layers, '
         f'vocab {VOCAB}; greedy, float32, {r["device"]} ({r["cpu_threads"]} threads)')
-  header = (f'{"policy":<42} {"tokens/s":>8} {"speedup":>8} {"GFLOP/step":>10} {"ratio":>6} '
+  header = (f'{"policy":<50} {"tokens/s":>8} {"speedup":>8} {"GFLOP/step":>10} {"ratio":>6} '
             f'{"blocks":>6} {"tokens =":>8} {"logit err":>9} {"top-1":>6}')
   print(header)
   for name, p in r['policies'].items():
-    print(f'{DESCRIPTIONS[name]:<42} {p["tokens_per_s"]:>8.2f} {p.get("speedup", 1):>7.2f}x '
+    print(f'{DESCRIPTIONS[name]:<50} {p["tokens_per_s"]:>8.2f} {p.get("speedup", 1):>7.2f}x '
           f'{p["flops_per_step"] / 1e9:>10.2f} {p.get("flop_ratio", 1):>5.1f}x '
           f'{p["blocks_visited"]:>6.2f} {100 * p.get("token_agreement", 1):>7.0f}% '
           f'{p.get("logits_max_relative_error", 0):>9.1e} '
@@ -211,16 +167,18 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--quick', action='store_true', help='reduced case, under two minutes')
   parser.add_argument('--json', action='store_true', help='print one JSON object')
+  parser.add_argument('--repeats', type=int, default=3,
+                      help='timed calls per policy, interleaved across policies (median; 3)')
   parser.add_argument('--policies', default=None,
                       help='comma-separated subset of: ' + ', '.join(DESCRIPTIONS))
   args = parser.parse_args(argv)
   names = (args.policies.split(',') if args.policies else
-           ['plain', 'default'] if args.quick else list(DESCRIPTIONS))
-  if 'plain' not in names:
-    names = ['plain'] + names  # every figure is relative to plain decoding in the same run
-  result = run(args.quick, names)
+           ['none', 'mars'] if args.quick else list(DESCRIPTIONS))
+  if 'none' not in names:
+    names = ['none'] + names  # every figure is relative to plain decoding in the same run
+  result = run(args.quick, names, args.repeats)
   if args.json:
-    print(json.dumps({**(summary(result) if 'default' in names else {}), **result}))
+    print(json.dumps({**(summary(result) if 'mars' in names else {}), **result}))
   else:
     print_table(result)
   return 0

@@ -32,37 +32,6 @@ FULL = dict(prompt_tokens=2048, gen_length=64, steps=64, block_length=64)
 QUICK = dict(prompt_tokens=1024, gen_length=16, steps=16, block_length=16)
 
 
-def torch_reference_generate(model, prompt, *, gen_length, steps, block_length, mask_id,
-                             suppressed_ids, canvas_logits_only=False):
-  """SPEC 4 as the reference runs it: a Python loop, one full forward per step (batch 1)."""
-  import torch
-
-  x = torch.cat([torch.as_tensor(prompt, dtype=torch.long),
-                 torch.full((gen_length,), mask_id, dtype=torch.long)])[None]
-  length, start = x.shape[1], len(prompt)
-  zero_mask = torch.zeros(1, 1, length, length)
-  num_blocks = gen_length // block_length
-  steps_per_block = steps // num_blocks
-  for block in range(num_blocks):
-    lo, hi = start + block * block_length, start + (block + 1) * block_length
-    n = int((x[0, lo:hi] == mask_id).sum())
-    for step in range(steps_per_block):
-      k = n // steps_per_block + (1 if step < n % steps_per_block else 0)
-      still = x[0, lo:hi] == mask_id
-      extra = dict(logits_to_keep=gen_length) if canvas_logits_only else {}
-      logits = model(input_ids=x, attention_mask=zero_mask, **extra).logits[0]
-      offset = length - logits.shape[0]
-      block_logits = logits[lo - offset:hi - offset].clone()
-      block_logits[still.nonzero()[:, 0][:, None], torch.tensor(suppressed_ids)] = -math.inf
-      proposals = block_logits.argmax(-1)
-      probs = torch.softmax(block_logits.double(), dim=-1)
-      confidence = probs.gather(-1, proposals[:, None])[:, 0]
-      confidence[~still] = -math.inf
-      chosen = torch.topk(confidence, k).indices
-      x[0, lo + chosen] = proposals[chosen]
-  return x[0, start:].numpy()
-
-
 def run(quick: bool) -> dict:
   try:
     import torch
@@ -75,6 +44,7 @@ def run(quick: bool) -> dict:
   from safetensors.torch import save_file
 
   import vidlada_jax as vj
+  from vidlada_jax.torch_sampler import reference_generate
 
   jax.config.update('jax_default_matmul_precision', 'highest')
   torch.set_num_threads(os.cpu_count() or 1)
@@ -105,7 +75,7 @@ def run(quick: bool) -> dict:
   with torch.inference_mode():
     for name, canvas_only in (('torch', False), ('torch_canvas_logits', True)):
       start = time.perf_counter()
-      theirs = torch_reference_generate(
+      theirs = reference_generate(
           torch_model, prompt, mask_id=tokens.mask, suppressed_ids=suppressed,
           canvas_logits_only=canvas_only, **settings)
       results[name] = (time.perf_counter() - start, theirs)

@@ -18,9 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from vidlada_jax import assets
-from vidlada_jax.launch import sample
-from vidlada_jax import evaluation
+from vidlada_jax import assets, evaluation
+from vidlada_jax.answering import Answerer, Question, describe_layout
 from vidlada_jax.input_pipeline import synthetic_qa
 from vidlada_jax.sampling import SamplerConfig
 
@@ -30,14 +29,14 @@ GEN_LENGTH = STEPS = BLOCK_LENGTH = 16
 POLICIES = ('none', 'mars')
 
 
-def timed_answer(sampler: sample.Sampler, item: sample.Item, policy: str):
-  """(answer, compile+decode seconds, decode seconds, tokens/s) of one item under `policy`."""
-  sampler.cache = sample.CACHE_POLICIES[policy]
+def timed_answer(answerer: Answerer, question: Question, policy: str):
+  """(answer, compile+decode seconds, decode seconds, tokens/s) of one question under `policy`."""
+  answerer.cache = policy
   start = time.perf_counter()
-  sampler.answer([item], batch_size=1)  # compiles this policy's program
+  answerer.ask_batch([question], batch_size=1)  # compiles this policy's program
   first = time.perf_counter() - start
-  (answer,), timings = sampler.answer([item], batch_size=1)
-  return answer, first, timings['generate_s'], timings['tokens_per_s']
+  (answer,) = answerer.ask_batch([question], batch_size=1)
+  return answer, first, answerer.timings['generate_s'], answerer.timings['tokens_per_s']
 
 
 def main(argv=None) -> int:
@@ -59,21 +58,21 @@ def main(argv=None) -> int:
   clip = clips[args.clip]
   question = args.question or synthetic_qa.question_text(clip)
   start = time.perf_counter()
-  sampler = sample.Sampler(
-      args.checkpoint, SamplerConfig(gen_length=GEN_LENGTH, steps=STEPS, block_length=BLOCK_LENGTH),
-      frames=64)
-  config = sampler.model.config
-  item = sample.Item(clip['id'], Path(clip['video']), question)
-  _, prompt = sampler.prepare(item)
+  answerer = Answerer(
+      args.checkpoint, frames=64,
+      settings=SamplerConfig(gen_length=GEN_LENGTH, steps=STEPS, block_length=BLOCK_LENGTH))
+  config = answerer.model.config
+  item = Question(Path(clip['video']), question, id=clip['id'])
+  video, prompt = answerer.prepare(item)
   print(f'demo VidLaDA: {Path(args.checkpoint).name}, loaded in {time.perf_counter() - start:.1f}s')
   print(f'clip: {Path(clip["video"]).name} ({clip["question_type"]})')
-  print('spliced sequence:\n' + sample.describe_layout(prompt, len(sampler.prepare(item)[0].frames),
-                                                       config.tokens_per_frame, GEN_LENGTH))
+  print('spliced sequence:\n' + describe_layout(prompt, len(video.frames),
+                                                config.tokens_per_frame, GEN_LENGTH))
   print(f'question: {question}')
 
   rows = []
   for policy in POLICIES:
-    answer, first, seconds, tokens_per_s = timed_answer(sampler, item, policy)
+    answer, first, seconds, tokens_per_s = timed_answer(answerer, item, policy)
     rows.append((policy, answer.answer, first - seconds, seconds, tokens_per_s))
   plain_seconds = rows[0][3]
   for policy, answer, _, _, _ in rows:
@@ -92,7 +91,7 @@ def main(argv=None) -> int:
           f'{plain_seconds / seconds:>8.1f}x')
   print(f'({GEN_LENGTH} tokens, {STEPS} steps, one block; '
         f'{config.tokens_per_frame} visual tokens a frame)')
-  print_bundled_clips(sampler, list(clips.values()))
+  print_bundled_clips(answerer, list(clips.values()))
   return 0
 
 
@@ -101,13 +100,13 @@ def expected_answer(clip: dict) -> str:
   return clip['answer_letter'] if clip['format'] == 'multiple_choice' else clip['answer']
 
 
-def print_bundled_clips(sampler: sample.Sampler, clips: list[dict]) -> int:
+def print_bundled_clips(answerer: Answerer, clips: list[dict]) -> int:
   """Answers every bundled clip's own question (plain decoding) and prints which are right;
   returns how many are."""
-  sampler.cache = sample.CACHE_POLICIES['none']
-  items = [sample.Item(clip['id'], Path(clip['video']), synthetic_qa.question_text(clip))
-           for clip in clips]
-  answers, _ = sampler.answer(items, batch_size=len(items))
+  answerer.cache = 'none'
+  answers = answerer.ask_batch(
+      [Question(Path(clip['video']), synthetic_qa.question_text(clip), id=clip['id'])
+       for clip in clips], batch_size=len(clips))
   print('\nevery bundled clip, its own question (plain decoding):')
   print(f'{"clip":<12}{"question type":<19}{"format":<17}{"expected":<12}{"answer":<12}')
   right = 0

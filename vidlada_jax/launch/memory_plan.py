@@ -37,14 +37,13 @@ ahead of time with libtpu's compiler on this CPU host, no TPU attached (`pip ins
 compiles for the host's GPUs; with `--mock_gpu_topology=1x8x1` one GPU stands for eight (JAX's
 mock topology: eight one-GPU hosts, compile only).
 
-Pallas TPU kernels (`splash`, `pallas_tpu`, what `auto` picks on TPU) cannot be partitioned by
-XLA and fail to compile under a sharded train step; pass `--config.runtime.attention=xla_chunked`
-for TPU plans until the attention op wraps them in `shard_map`.
+Kernel backends (`splash`, what `auto` picks on TPU, `pallas_tpu`, `cudnn`, `pallas_gpu`) run
+per shard under `shard_map` (XLA cannot partition them itself), so they compile in the sharded
+step like the XLA ones.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -54,19 +53,12 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from vidlada_jax import checkpoint as checkpoint_lib
 from vidlada_jax import configs
 from vidlada_jax import sharding as sharding_lib
-from vidlada_jax.config import Runtime
-from vidlada_jax.nn.attention import resolve_auto
-from vidlada_jax.training.optimizer import OptimizerConfig
-from vidlada_jax.training.train_step import batch_shardings
-from vidlada_jax.training.trainer import (TrainConfig, _section, _tuples, architecture_of,
-                                          check_batch_divides, plan_step)
+from vidlada_jax.training.memory_plan import compile_plan
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'job config file (configs/*.py)',
@@ -96,6 +88,9 @@ GB = 1e9
 def main(argv) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  model = FLAGS.config.model
+  if not (model.get('architecture') or model.get('init_checkpoint')):
+    raise app.UsageError('config.model names neither an architecture nor an init_checkpoint')
   rules_name, shape = mesh_shape(FLAGS.mesh, FLAGS.config)
   platform, topology = parse_target(FLAGS.target)
   devices = device_count(shape, FLAGS.devices)
@@ -141,97 +136,6 @@ def main(argv) -> int:
   return 0
 
 
-# --- The plan ---------------------------------------------------------------------------------
-
-def compile_plan(config, mesh, rules, *, platform: str, dtype: str,
-                 text_length: int | None = None) -> dict[str, Any]:
-  """Lowers and compiles the job's train step for `mesh` with abstract inputs; returns the
-  shapes it was compiled for and the per-device memory (bytes) XLA planned."""
-  train = TrainConfig(**_section(config, 'train'))
-  optimizer = OptimizerConfig(**_tuples(_section(config, 'optimizer')))
-  runtime = Runtime(**dict(_section(config, 'runtime'), dtype=dtype))
-  # `auto` resolves against the target, not this host: the backend the job would run there.
-  resolved = lambda name, tower: (resolve_auto(platform, dtype, tower=tower) if name == 'auto'
-                                  else name)
-  runtime = dataclasses.replace(runtime, attention=resolved(runtime.attention, 'lm'),
-                                vision_attention=resolved(runtime.vision_attention, 'vision'))
-  model_config = architecture(config).replace(runtime=runtime)
-
-  check_batch_divides(train, mesh, rules)
-  step_plan = plan_step(model_config, optimizer, train, mesh, rules)
-  state, frozen_args = step_plan.abstract_state(), step_plan.abstract_frozen()
-
-  data = _section(config, 'data')
-  length = text_length or max(data['buckets'])
-  frames, side = int(data['num_frames']), model_config.vision.image_size
-  lead = (train.accumulation, train.micro_batch)
-  batch_devices = sharding_lib.mesh_axis_size(mesh, dict(rules).get('batch'))
-  batch_shapes = {'input_ids': (lead + (length,), jnp.int32),
-                  'labels': (lead + (length,), jnp.int32),
-                  'frames': (lead + (frames, side, side, 3), jnp.uint8)}
-  batch = {k: jax.ShapeDtypeStruct(*batch_shapes[k], sharding=sharding)
-           for k, sharding in batch_shardings(mesh, rules).items()}
-
-  count = lambda params: sum(math.prod(x.shape) for x in params.values())
-  plan = dict(
-      dtype=dtype, param_dtype=runtime.param_dtype, remat=runtime.remat,
-      attention=runtime.attention, vision_attention=runtime.vision_attention,
-      trainable_params=count(step_plan.trainable), frozen_params=count(step_plan.frozen),
-      global_batch=train.global_batch, micro_batch=train.micro_batch,
-      accumulation=train.accumulation, per_device_micro_batch=train.micro_batch // batch_devices,
-      text_length=length, frames=frames,
-      sequence_length=length - 1 + frames * model_config.tokens_per_frame)
-
-  with jax.set_mesh(mesh):
-    lowered = step_plan.step_fn.jitted.lower(state, frozen_args, batch)
-  try:
-    compiled = lowered.compile()
-  except jax.errors.JaxRuntimeError as e:
-    # The TPU compiler refuses a program whose temporaries exceed the chip's memory; what it
-    # says is the plan: the temporaries it needed, beside the arguments (counted here: each
-    # argument's shard on one device).
-    needed = re.search(r'temporaries \(([\d.]+)([KMGT])\) exceeds available HBM '
-                       r'\(([\d.]+)([KMGT])\)', str(e))
-    if not needed:
-      raise
-    arguments = sum(_shard_bytes(x) for x in jax.tree.leaves((state, frozen_args, batch)))
-    temp = _binary_bytes(needed.group(1), needed.group(2))
-    plan.update(error=str(e).splitlines()[0], hbm_bytes=_binary_bytes(*needed.group(3, 4)),
-                bytes=dict(argument=arguments, temp=temp, total=arguments + temp))
-    return plan
-  memory = compiled.memory_analysis()
-  if memory is None:
-    raise RuntimeError(f'the {platform} compiler reports no memory analysis')
-  argument = memory.argument_size_in_bytes + memory.host_argument_size_in_bytes
-  output = memory.output_size_in_bytes + memory.host_output_size_in_bytes
-  alias = memory.alias_size_in_bytes + memory.host_alias_size_in_bytes
-  temp = memory.temp_size_in_bytes + memory.host_temp_size_in_bytes
-  plan['bytes'] = dict(argument=argument, output=output, alias=alias, temp=temp,
-                       code=memory.generated_code_size_in_bytes,
-                       total=argument + output - alias + temp)
-  return plan
-
-
-def _shard_bytes(x) -> int:
-  return math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
-
-
-def _binary_bytes(number: str, unit: str) -> int:
-  """XLA's '314.52G': binary units (GiB)."""
-  return int(float(number) * 1024 ** ('KMGT'.index(unit) + 1))
-
-
-def architecture(config):
-  """The job's model architecture: `model.architecture` with its overrides, or the one stored in
-  `model.init_checkpoint` (a vidlada-jax checkpoint or work directory)."""
-  section = config.model
-  if section.get('architecture'):
-    return architecture_of(_section(config, 'model'))
-  if section.get('init_checkpoint'):
-    return checkpoint_lib.read_manifest(section.init_checkpoint).model
-  raise app.UsageError('config.model names neither an architecture nor an init_checkpoint')
-
-
 # --- Meshes and targets -----------------------------------------------------------------------
 
 def mesh_shape(spec: str | None, config) -> tuple[str, dict[str, int]]:
@@ -239,17 +143,10 @@ def mesh_shape(spec: str | None, config) -> tuple[str, dict[str, int]]:
   config_rules = config.mesh.get('rules', 'fsdp')
   if not spec:
     return config_rules, dict(config.mesh.shape)
-  head = spec.split(':', 1)[0]
-  if '=' not in head:  # "fsdp_tp:tensor=2": a rule set and (some) sizes
-    return sharding_lib.parse_mesh_spec(spec)
-  shape = dict.fromkeys(sharding_lib.MESH_AXES, 1)
-  for item in spec.split(','):
-    axis, _, size = item.partition('=')
-    if axis not in shape or not re.fullmatch(r'-?\d+', size):
-      raise app.UsageError(f'--mesh: unknown axis or size {item!r}; axes are '
-                           f'{sharding_lib.MESH_AXES}')
-    shape[axis] = int(size)
-  return config_rules, shape
+  try:
+    return sharding_lib.parse_mesh_spec(spec, default_rules=config_rules)
+  except ValueError as e:
+    raise app.UsageError(f'--mesh: {e}') from e
 
 
 def device_count(shape: dict[str, int], devices: int | None) -> int:

@@ -16,15 +16,11 @@ import json
 import sys
 from pathlib import Path
 
-DESCRIPTIONS = {
-    'none': 'plain decoding (every step recomputes everything)',
-    'mars-exact': 'MARS-Cache, every mechanism off',
-    'mars-refresh': 'asynchronous refresh alone',
-    'mars-chunk': 'frame-wise chunk attention alone',
-    'mars-anchors': 'chunk attention + anchor tokens',
-    'mars': '**MARS-Cache default**',
-    'dual': 'Fast-dLLM dual cache',
-}
+from vidlada_jax import policies as cache_policies
+
+# The table's labels: the policies' own descriptions, the default in bold.
+DESCRIPTIONS = {**cache_policies.DESCRIPTIONS,
+                'mars': f"**{cache_policies.DESCRIPTIONS['mars']}**"}
 
 
 def table(policies: dict[str, dict]) -> str:

@@ -5,7 +5,7 @@
 
 `pretrained` is a vidlada-jax or PyTorch (LLaDA-V/VidLaDA) checkpoint directory holding
 tokenizer.json (anything `vidlada_jax.from_pretrained` loads; default: the demo checkpoint in
-assets/). Requests are answered by `vidlada_jax.launch.sample.Sampler`, so prompts, frame sampling and
+assets/). Requests are answered by `vidlada_jax.Answerer`, so prompts, frame sampling and
 decoding are exactly those of `python -m vidlada_jax.launch.sample`: each request's context (the task's
 question text; an `<image>` in it is dropped, the chat template puts the video first) goes into
 the chat template with "/no_think" appended, and the one video `doc_to_visual` names is read
@@ -48,7 +48,8 @@ from loguru import logger as eval_logger
 from tqdm import tqdm
 
 from vidlada_jax import assets
-from vidlada_jax.launch.sample import CACHE_POLICIES, CONTEXT_LENGTH, Item, Sampler
+from vidlada_jax.answering import CONTEXT_LENGTH, Answerer, Question
+from vidlada_jax.policies import CACHE_POLICIES
 from vidlada_jax.prompting import IMAGE_TOKEN
 from vidlada_jax.sampling import SamplerConfig
 from vidlada_jax.lmms import MODEL_NAME
@@ -167,14 +168,15 @@ class VidLaDAJax(lmms):
                       else assets.DEMO_CHECKPOINT).expanduser()
     if not checkpoint.is_dir():
       raise FileNotFoundError(f'pretrained={checkpoint}: no checkpoint directory there')
-    self.sampler = Sampler(
-        checkpoint, settings, frames=_positive_int('max_frames_num', max_frames_num), dtype=dtype,
-        time_instruction=_flag('time_instruction', time_instruction), think=_flag('think', think),
-        max_length=_positive_int('max_length', max_length), seed=int(seed), cache=str(cache))
-    # The sampler's settings carry the checkpoint's own special ids (stop token included).
-    self.settings = self.sampler.settings
+    self.answerer = Answerer(
+        checkpoint, cache=str(cache), frames=_positive_int('max_frames_num', max_frames_num),
+        settings=settings, dtype=dtype, time_instruction=_flag('time_instruction', time_instruction),
+        think=_flag('think', think), max_length=_positive_int('max_length', max_length),
+        seed=int(seed))
+    # The answerer's settings carry the checkpoint's own special ids (stop token included).
+    self.settings = self.answerer.settings
     self.checkpoint = checkpoint
-    eval_logger.info(f'{MODEL_NAME}: loaded {checkpoint} in {self.sampler.load_seconds:.1f}s')
+    eval_logger.info(f'{MODEL_NAME}: loaded {checkpoint} in {self.answerer.load_seconds:.1f}s')
 
   @property
   def batch_size(self) -> int:
@@ -182,9 +184,9 @@ class VidLaDAJax(lmms):
 
   def generate_until(self, requests: list[Instance]) -> list[str]:
     """Answers each request: (context, gen_kwargs, doc_to_visual, doc_id, task, split)."""
-    # Requests decode in groups sharing one canvas size; within a group the sampler batches
+    # Requests decode in groups sharing one canvas size; within a group the answerer batches
     # clips of equal frame count.
-    groups: dict[SamplerConfig, list[tuple[int, Item, list[str]]]] = {}
+    groups: dict[SamplerConfig, list[tuple[int, Question, list[str]]]] = {}
     for index, request in enumerate(requests):
       context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
       gen_kwargs = dict(gen_kwargs or {})
@@ -193,17 +195,18 @@ class VidLaDAJax(lmms):
       question = context.replace(IMAGE_TOKEN, '').strip()
       settings = settings_for(self.settings, gen_kwargs.get('max_new_tokens'))
       groups.setdefault(settings, []).append(
-          (index, Item(str(index), video, question), stop_strings(gen_kwargs.get('until'))))
+          (index, Question(video, question, id=str(index)),
+           stop_strings(gen_kwargs.get('until'))))
     responses = [''] * len(requests)
     progress = tqdm(total=len(requests), disable=self.rank != 0, desc='Model Responding')
     chunk = self.batch_size * BATCHES_PER_CHUNK
     try:
       for settings, entries in groups.items():
-        self.sampler.settings = settings
+        self.answerer.settings = settings
         for start in range(0, len(entries), chunk):
           part = entries[start:start + chunk]
-          answers, _ = self.sampler.answer([item for _, item, _ in part], self.batch_size,
-                                           keep_going=True)
+          answers = self.answerer.ask_batch([item for _, item, _ in part], self.batch_size,
+                                            keep_going=True)
           for (index, item, until), answer in zip(part, answers):
             if answer.error:
               eval_logger.warning(f'{MODEL_NAME}: no answer for video {item.video} (request '
@@ -216,7 +219,7 @@ class VidLaDAJax(lmms):
             self.cache_hook.add_partial('generate_until', (context, gen_kwargs), text)
           progress.update(len(part))
     finally:
-      self.sampler.settings = self.settings
+      self.answerer.settings = self.settings
       progress.close()
     return responses
 

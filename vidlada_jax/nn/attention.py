@@ -11,9 +11,9 @@ with softmax in float32 and scale 1/sqrt(D); `Hkv` may divide `H` (grouped-query
 Optional arguments carry what sparse backends need:
 
   key_mask   [B, Lk] bool: hides keys (padding in batched sampling); the reference never masks
-  mask       a `FrameWindowMask`: per-token frame ids of queries and keys and a window w; a visual
-             query of frame n then sees only frames n-w..n+w and the global (text) tokens
-             (MARS-Cache's frame-wise chunk attention, `vidlada_jax.attention_backends.block_sparse`)
+  mask       a `FrameWindowMask`: per-token frame ids of queries and keys and a frame window w; a
+             visual query of frame n then sees only frames n-w..n+w and the global (text) tokens
+             (MARS-Cache's frame-wise chunk attention, `attention_backends.block_sparse`)
   global_kv  a `GlobalKV`: a few extra keys (anchors) merged into the same softmax
 
 A backend pairs a dense path with a block-sparse implementation:
@@ -34,9 +34,12 @@ runs through XLA instead of cuDNN.
 from __future__ import annotations
 
 import dataclasses
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from vidlada_jax.attention_backends import block_sparse
 from vidlada_jax.attention_backends.block_sparse import GLOBAL, FrameWindowMask, GlobalKV
@@ -142,9 +145,16 @@ class Attention:
   def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, *,
                key_mask: jax.Array | None = None, mask: FrameWindowMask | None = None,
                global_kv: GlobalKV | None = None) -> jax.Array:
+    if mask is None and global_kv is not None:
+      raise ValueError('global_kv needs a frame-window mask (it holds the keys the mask hides)')
+    attend = lambda q, k, v, key_mask, global_kv: self._attend(
+        q, k, v, key_mask=key_mask, mask=mask, global_kv=global_kv)
+    if self.name in PARTITIONED:
+      return per_shard(attend, q, k, v, key_mask, global_kv)
+    return attend(q, k, v, key_mask, global_kv)
+
+  def _attend(self, q, k, v, *, key_mask, mask, global_kv):
     if mask is None:
-      if global_kv is not None:
-        raise ValueError('global_kv needs a frame-window mask (it holds the keys the mask hides)')
       return self._dense(q, k, v, key_mask)
     # Global (text, response) queries see every key: they take the dense path, and only runs of
     # visual queries go through the block table, so a few global rows never make every query
@@ -156,7 +166,8 @@ class Attention:
         outputs.append(self._dense(rows, k, v, key_mask))
       else:
         outputs.append(block_sparse.block_sparse_attention(
-            rows, k, v, mask=FrameWindowMask(mask.q_frame[start:stop], mask.k_frame, mask.window),
+            rows, k, v,
+            mask=FrameWindowMask(mask.q_frame[start:stop], mask.k_frame, mask.frame_window),
             key_mask=key_mask, global_kv=global_kv, implementation=self.sparse,
             interpret=self.interpret))
     return outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=1)
@@ -183,6 +194,47 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int, bool]]:
   edges = np.flatnonzero(np.diff(flags.astype(np.int8))) + 1
   bounds = [0, *edges.tolist(), len(flags)]
   return [(a, b, bool(flags[a])) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+# Backends whose kernels XLA cannot partition over a mesh (Pallas Mosaic and Triton, cuDNN's
+# custom call, splash): they run per shard, under `shard_map`.
+PARTITIONED = ('pallas_gpu', 'pallas_tpu', 'cudnn', 'splash')
+
+
+def per_shard(attend, q, k, v, key_mask, global_kv):
+  """`attend(q, k, v, key_mask, global_kv)` run on each device's shard of the batch and heads.
+
+  The mesh is the one set around the jitted program (`jax.set_mesh`: the trainer and the sampler
+  set it for a sharded model); the batch is split over its `sharding.BATCH_AXES`, query and
+  key/value heads over its `sharding.HEAD_AXES`, where each divides the array (attention mixes
+  neither rows nor heads, so each shard's result is its part of the whole). Without a mesh of
+  several devices it is `attend` itself.
+  """
+  from vidlada_jax import sharding  # pylint: disable=g-import-not-at-top (it imports the model)
+
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return attend(q, k, v, key_mask, global_kv)
+
+  def axes(names, size):
+    names = tuple(a for a in names if a in mesh.axis_names and mesh.shape[a] > 1)
+    return names if names and size % math.prod(mesh.shape[a] for a in names) == 0 else None
+
+  batch = axes(sharding.BATCH_AXES, q.shape[0])
+  heads = axes(sharding.HEAD_AXES, k.shape[2])
+  if batch is None and heads is None:
+    return attend(q, k, v, key_mask, global_kv)
+  rows, per_head = PartitionSpec(batch), PartitionSpec(batch, None, heads, None)
+  if key_mask is None:
+    key_mask = jnp.ones(k.shape[:2], bool)
+  specs = (per_head, per_head, per_head, rows)
+  if global_kv is None:
+    local = lambda q, k, v, key_mask: attend(q, k, v, key_mask, None)
+    return jax.shard_map(local, in_specs=specs, out_specs=per_head, check_vma=False)(
+        q, k, v, key_mask)
+  specs += (GlobalKV(k=per_head, v=per_head, frame=rows, valid=rows),)
+  return jax.shard_map(attend, in_specs=specs, out_specs=per_head, check_vma=False)(
+      q, k, v, key_mask, global_kv)
 
 
 # name -> (dense path, block-sparse implementation)

@@ -90,13 +90,14 @@ class CheckpointConfig:
   keep: int = 3  # checkpoints kept (the latest ones)
 
 
-def _section(config, name: str) -> dict[str, Any]:
+def config_section(config, name: str) -> dict[str, Any]:
+  """Section `name` of a job config as a plain dict ({} when the config has none)."""
   section = config.get(name)
   return {} if section is None else dict(section.to_dict() if hasattr(section, 'to_dict')
                                          else section)
 
 
-def _tuples(d: dict[str, Any]) -> dict[str, Any]:
+def as_tuples(d: dict[str, Any]) -> dict[str, Any]:
   """ConfigDict lists -> tuples, recursively (the dataclasses are frozen and hashable)."""
   return {k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list)
           else v for k, v in d.items()}
@@ -205,12 +206,12 @@ class Trainer:
     self.workdir = Path(workdir).absolute()
     self.primary = jax.process_index() == 0
     self.progress = progress and self.primary
-    self.train_config = TrainConfig(**_section(config, 'train'))
-    self.checkpoint_config = CheckpointConfig(**_section(config, 'checkpoint'))
-    self.optimizer_config = OptimizerConfig(**_tuples(_section(config, 'optimizer')))
-    self.objective = objective_of(_section(config, 'objective'), self.train_config)
-    self.runtime = Runtime(**_section(config, 'runtime'))
-    mesh_config = _section(config, 'mesh')
+    self.train_config = TrainConfig(**config_section(config, 'train'))
+    self.checkpoint_config = CheckpointConfig(**config_section(config, 'checkpoint'))
+    self.optimizer_config = OptimizerConfig(**as_tuples(config_section(config, 'optimizer')))
+    self.objective = objective_of(config_section(config, 'objective'), self.train_config)
+    self.runtime = Runtime(**config_section(config, 'runtime'))
+    mesh_config = config_section(config, 'mesh')
     rules = mesh_config.get('rules', 'fsdp')
     self.rules = sharding_lib.RULE_SETS[rules] if isinstance(rules, str) else tuple(rules)
     self.mesh = sharding_lib.make_mesh(mesh_config.get('shape', dict(fsdp=-1)))
@@ -235,9 +236,9 @@ class Trainer:
     self._setup_step(model)
     del model
 
-    self.tokenizer = data_lib.load_tokenizer(_section(config, 'data'), self.workdir)
+    self.tokenizer = data_lib.load_tokenizer(config_section(config, 'data'), self.workdir)
     self.data = data_lib.make_iterator(
-        _section(config, 'data'), self.tokenizer, self.model_config,
+        config_section(config, 'data'), self.tokenizer, self.model_config,
         per_host_batch=self.train_config.global_batch // jax.process_count(),
         seed=self.train_config.seed, workdir=self.workdir)
     if latest is not None:
@@ -251,7 +252,7 @@ class Trainer:
   def _build_model(self, resume_from):
     """The model to train: restored shapes only when resuming (the weights come from the
     checkpoint), else initialised or loaded as `model.init_checkpoint` says."""
-    model_section = _section(self.config, 'model')
+    model_section = config_section(self.config, 'model')
     if resume_from is not None:
       manifest = checkpoint_lib.read_manifest(resume_from.path)
       config = manifest.model.replace(runtime=self.runtime)

@@ -33,12 +33,10 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
 import yaml
 
 from vidlada_jax import evaluation
 from vidlada_jax.input_pipeline import synthetic_qa
-from vidlada_jax.video import write_video
 
 TASK_NAME = 'synthetic_video_qa'
 TASK_DIR = Path(__file__).resolve().parent
@@ -104,21 +102,6 @@ assert {f'accuracy_{t}' for t in synthetic_qa.QUESTION_TYPES} <= set(globals()),
 # ---------------------------------------------------------------------------------------------
 # The data
 
-def _examples(split: str, limit: int | None, data_dir: str | os.PathLike | None,
-              config: synthetic_qa.SyntheticVideoQaConfig) -> list[Mapping[str, Any]]:
-  """The first `limit` examples of `split` by id: from the tfds dataset prepared (or reused)
-  under `data_dir`, else drawn directly (the same examples, see `synthetic_qa.split_examples`)."""
-  if data_dir is not None:
-    synthetic_qa.build(data_dir, config)
-    source = synthetic_qa.load_split(data_dir, split, config.name)
-    examples = sorted((source[i] for i in range(len(source))),
-                      key=lambda e: synthetic_qa.as_text(e['id']))
-    return examples[:limit]
-  return list(itertools.islice(
-      synthetic_qa.split_examples(config.seed, split, config.split_sizes,
-                                  num_frames=config.num_frames, size=config.image_size), limit))
-
-
 def write_task_data(out_dir: str | os.PathLike | None = None, split: str = 'test',
                     limit: int | None = None, data_dir: str | os.PathLike | None = None,
                     config: synthetic_qa.SyntheticVideoQaConfig | str = 'default',
@@ -150,20 +133,10 @@ def write_task_data(out_dir: str | os.PathLike | None = None, split: str = 'test
     config = synthetic_qa.named_config(config)
   default = out_dir is None
   out_dir = Path(DEFAULT_DATA_DIR if default else out_dir).resolve()
-  examples = _examples(split, limit, data_dir, config)
-  if not examples:
+  examples = itertools.islice(synthetic_qa.examples_of(split, config, data_dir), limit)
+  records = synthetic_qa.write_clips(examples, out_dir / 'videos', fps)
+  if not records:
     raise ValueError(f'the {split} split of synthetic_video_qa/{config.name} is empty')
-  (out_dir / 'videos').mkdir(parents=True, exist_ok=True)
-  records = []
-  for example in examples:
-    text = {key: synthetic_qa.as_text(example[key])
-            for key in ('id', 'question', 'answer', 'answer_letter', 'question_type', 'format')}
-    # Encoded as synthetic_qa.export_videos does for training; not through it, because the
-    # mixture YAML it also writes would sit in lmms-eval's --include_path as a broken task.
-    video = write_video(out_dir / 'videos' / f'{text["id"]}.mp4',
-                        np.stack(example['video']).astype(np.uint8, copy=False), fps)
-    records.append({**text, 'video': str(video),
-                    'options': [synthetic_qa.as_text(o) for o in example['options']]})
   jsonl = out_dir / f'{split}.jsonl'
   jsonl.write_text(''.join(json.dumps(record) + '\n' for record in records))
   if not default:
