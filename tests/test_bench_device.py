@@ -1,0 +1,61 @@
+"""The device benchmark's tiny scale, end to end on this CPU: every row there, figures consistent."""
+
+import json
+import statistics
+
+import pytest
+
+from vidlada_jax.launch import bench_device
+
+
+@pytest.fixture(scope='module')
+def result():
+  """What `python -m vidlada_jax.launch.bench_device --scale tiny --repeats 2 --json` prints."""
+  result = bench_device.run(bench_device.SCALES['tiny'], repeats=2, torch_rows=True, kernels=True)
+  result['headline'] = bench_device.headline(result)
+  return json.loads(json.dumps(result))  # it is JSON as it stands
+
+
+def test_the_table_names_every_row(result, capsys):
+  bench_device.print_table(result)
+  table = capsys.readouterr().out
+  for row in result['rows']:
+    assert row['description'] in table
+
+
+def test_every_row_is_measured(result):
+  scale = bench_device.SCALES['tiny']
+  names = [row['name'] for row in result['rows']]
+  assert names == ['torch_reference', 'plain', 'mars_block16', 'mars_block8', 'dual_block8']
+  assert result['visual_tokens'] == scale.frames * 20  # the tiny tower: 20 tokens a frame
+  for row in result['rows']:
+    assert len(row['calls_s']) == 2 and all(s > 0 for s in row['calls_s'])
+    # decode seconds: the median call, scaled from the steps timed to the decode's.
+    expected = statistics.median(row['calls_s']) * scale.steps / row['timed_steps']
+    assert row['decode_s'] == pytest.approx(expected)
+    assert row['tokens_per_s'] == pytest.approx(scale.gen_length / row['decode_s'])
+
+
+def test_ratios_are_against_the_same_run(result):
+  rows = {row['name']: row for row in result['rows']}
+  plain, reference = rows['plain'], rows['torch_reference']
+  for row in result['rows']:
+    assert row['speedup_vs_plain'] == pytest.approx(plain['decode_s'] / row['decode_s'])
+    assert row['speedup_vs_torch'] == pytest.approx(reference['decode_s'] / row['decode_s'])
+  for name in ('mars_block16', 'mars_block8', 'dual_block8'):
+    row = rows[name]
+    assert row['flop_ratio'] == pytest.approx(plain['flops_per_step'] / row['flops_per_step'])
+    assert row['flop_ratio'] > 1  # caching recomputes less than plain decoding
+    assert row['efficiency'] == pytest.approx(row['speedup_vs_plain'] / row['flop_ratio'])
+  assert plain['flop_ratio'] == 1 and plain['timed_steps'] == bench_device.SCALES['tiny'].timed_steps
+  headline = result['headline']
+  assert headline['mars_speedup_vs_plain'] == rows['mars_block16']['speedup_vs_plain']
+  assert headline['plain_speedup_vs_torch'] == plain['speedup_vs_torch']
+
+
+def test_kernel_rows_compare_with_the_dense_reference(result):
+  kernels = {row['implementation']: row for row in result['kernels']}
+  assert set(kernels) == {'xla_dense', 'xla_gather'}  # CPU; cuDNN and Pallas rows need a GPU
+  assert kernels['xla_dense']['max_abs_err'] == 0
+  assert kernels['xla_gather']['max_abs_err'] < 1e-4
+  assert 0 < kernels['xla_gather']['visited'] < 1

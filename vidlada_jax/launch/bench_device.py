@@ -1,0 +1,298 @@
+"""VidLaDA decoding on this machine's accelerator: our sampler and MARS-Cache against the PyTorch
+reference loop, in one command.
+
+    python -m vidlada_jax.launch.bench_device               # 8B shape: one 80 GB GPU, ~7 min
+    python -m vidlada_jax.launch.bench_device --scale tiny  # a tiny model: any CPU, ~1 min
+        [--json] [--repeats 3] [--no-torch] [--no-kernels]
+
+Nothing is downloaded: the model is VidLaDA-8B's shape (`vj.model_config("8b")`) with random
+weights created on the device, in bfloat16 (float32 at `--scale tiny`). The prompt is a video
+of `frames` frames (64: 64 x 210 visual tokens) and a question of random text tokens; the decode
+has the reference settings (128 tokens, 128 steps, block 128, and also block 32), greedy, with
+no stop token so every call does the same work. Rows:
+
+  PyTorch reference    transformers' LlamaForCausalLM with an all-zero 4-D attention mask (the
+                       bidirectional LM) over the spliced sequence, driven by the reference's
+                       Python loop (`vidlada_jax.torch_sampler`), on the same device and dtype
+  plain                `vj.generate` with no cache: every step recomputes everything
+  MARS-Cache           `vj.generate(cache=vj.MarsCache())`, its defaults
+  dual cache           `vj.generate(cache=vj.DualCache())`, Fast-dLLM's (block 32)
+
+Each is the median of `--repeats` calls after a compiling first call; the JAX rows take turns
+round by round (`vidlada_jax.benchmarking`). Plain decoding and the reference loop do the same
+work at every step (a full forward over the whole sequence), so they are timed over their first
+`timed_steps` steps (16) and scaled to the decode's 128: a whole plain decode at 8B takes over
+a minute, three of them would not leave the time for the rest. tokens/s = 128 tokens / decode
+seconds; speedups are against plain decoding in the same run; `flop ratio` is plain's analytic
+FLOPs per step over the policy's (`vidlada_jax.flops`), and `efficiency` the speedup over it.
+Peak memory is the device's peak allocation after each framework's rows.
+
+The kernel rows time the block-sparse attention op against cuDNN's fused attention on the same
+mask, and cuDNN with no mask (a bound for any dense kernel), at the frame count of the decode
+(`vidlada_jax.attention_backends.kernel_timing`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+  architecture: str
+  dtype: str
+  frames: int
+  question_tokens: int
+  gen_length: int
+  steps: int
+  block_lengths: tuple[int, ...]  # MARS-Cache at each; plain at the first; dual at the last
+  timed_steps: int  # steps of plain decoding and the reference loop that are timed
+  kernel_iters: int
+
+
+SCALES = {
+    '8b': Scale('8b', 'bfloat16', frames=64, question_tokens=48, gen_length=128, steps=128,
+                block_lengths=(128, 32), timed_steps=16, kernel_iters=20),
+    'tiny': Scale('tiny', 'float32', frames=4, question_tokens=48, gen_length=16, steps=16,
+                  block_lengths=(16, 8), timed_steps=4, kernel_iters=3),
+}
+
+
+def prompt_of(config, scale: Scale) -> np.ndarray:
+  """Random question tokens around one <image> placeholder (no special token among them)."""
+  first_special = min(t for t in dataclasses.astuple(config.tokens) if t >= 0)
+  text = np.random.default_rng(0).integers(0, first_special, size=scale.question_tokens)
+  return np.concatenate([text[:8], [config.tokens.image], text[8:]]).astype(np.int32)
+
+
+def reference_rows(model_config, prompt, num_visual: int, scale: Scale, repeats: int) -> dict:
+  """The PyTorch loop over the same sequence (visual tokens as random token ids: the embedding
+  lookup is all that differs from spliced features, and it is negligible)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from transformers import LlamaConfig, LlamaForCausalLM  # pylint: disable=g-import-not-at-top
+
+  from vidlada_jax.hf import layouts  # pylint: disable=g-import-not-at-top
+  from vidlada_jax.hf.config import export_config  # pylint: disable=g-import-not-at-top
+  from vidlada_jax.torch_sampler import reference_generate  # pylint: disable=g-import-not-at-top
+
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  dtype = getattr(torch, scale.dtype)
+  # The LM's config.json as the reference writes it, read by transformers' Llama.
+  raw = export_config(model_config.replace(vision=None), layouts.LLADA_V, scale.dtype)
+  known = LlamaConfig().to_dict()
+  config = LlamaConfig(**{k: v for k, v in raw.items() if k in known and k != 'torch_dtype'},
+                       attn_implementation='sdpa')
+  started = time.perf_counter()
+  torch.manual_seed(0)
+  default_dtype = torch.get_default_dtype()
+  torch.set_default_dtype(dtype)
+  try:
+    with torch.device(device):
+      model = LlamaForCausalLM(config).eval()
+  finally:
+    torch.set_default_dtype(default_dtype)
+  build_s = time.perf_counter() - started
+  tokens = model_config.tokens
+  at = int(np.flatnonzero(prompt == tokens.image)[0])
+  first_special = min(t for t in dataclasses.astuple(tokens) if t >= 0)
+  visual = np.random.default_rng(1).integers(0, first_special, size=num_visual)
+  ids = np.concatenate([prompt[:at], visual, prompt[at + 1:]]).astype(np.int64)
+  run = lambda steps: reference_generate(
+      model, ids, gen_length=scale.gen_length, steps=scale.steps,
+      block_length=scale.block_lengths[0], mask_id=tokens.mask,
+      suppressed_ids=(tokens.eos, tokens.bos, tokens.start_header, tokens.end_header),
+      max_steps=steps)
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+  if device == 'cuda':
+    torch.cuda.reset_peak_memory_stats()
+  with torch.inference_mode():
+    started = time.perf_counter()
+    run(1)
+    sync()
+    first = time.perf_counter() - started
+    seconds = []
+    for _ in range(repeats):
+      started = time.perf_counter()
+      run(scale.timed_steps)
+      sync()
+      seconds.append(time.perf_counter() - started)
+  step = float(np.median(seconds)) / scale.timed_steps
+  peak = torch.cuda.max_memory_allocated() if device == 'cuda' else None
+  del model
+  if device == 'cuda':
+    torch.cuda.empty_cache()
+  decode = step * scale.steps
+  return dict(name='torch_reference', description='PyTorch reference loop', framework='torch',
+              block_length=scale.block_lengths[0], decode_s=decode,
+              tokens_per_s=scale.gen_length / decode, first_call_s=first, build_s=build_s,
+              timed_steps=scale.timed_steps, calls_s=seconds, peak_bytes=peak,
+              device=torch.cuda.get_device_name() if device == 'cuda' else 'cpu')
+
+
+def jax_rows(model, prompt, pixels, scale: Scale, repeats: int) -> list[dict]:
+  import jax  # pylint: disable=g-import-not-at-top
+
+  import vidlada_jax as vj  # pylint: disable=g-import-not-at-top
+  from vidlada_jax import flops  # pylint: disable=g-import-not-at-top
+  from vidlada_jax.benchmarking import peak_device_bytes, time_interleaved  # pylint: disable=g-import-not-at-top
+  from vidlada_jax.sampling import SamplerConfig  # pylint: disable=g-import-not-at-top
+
+  first_block, last_block = scale.block_lengths[0], scale.block_lengths[-1]
+  # (name, description, policy, block length, steps timed)
+  cases = [('plain', 'vj.generate, plain decoding', vj.FullRecompute(), first_block,
+            scale.timed_steps)]
+  cases += [(f'mars_block{b}', f'vj.generate, MARS-Cache default, block {b}', vj.MarsCache(), b,
+             scale.steps) for b in scale.block_lengths]
+  cases.append((f'dual_block{last_block}', f'vj.generate, Fast-dLLM dual cache, block '
+                f'{last_block}', vj.DualCache(), last_block, scale.steps))
+
+  def call(policy, block_length, steps):
+    # Plain decoding timed over fewer steps: each reveals more tokens, each costs the same.
+    return lambda: vj.generate(model, prompt[None], pixels, gen_length=scale.gen_length,
+                               steps=steps, block_length=block_length, stop_ids=(),
+                               cache=policy).tokens
+
+  calls = {name: call(policy, block, steps) for name, _, policy, block, steps in cases}
+  report = lambda name, t: print(f'  {name}: {t.median_s:.2f}s', file=sys.stderr, flush=True)
+  timings = time_interleaved(calls, repeats, on_done=report)
+  peak = peak_device_bytes()
+  num_visual = scale.frames * model.config.tokens_per_frame
+  prompt_length = len(prompt) - 1 + num_visual
+  rows = []
+  for name, description, policy, block, steps in cases:
+    timing = timings[name]
+    decode = timing.median_s * scale.steps / steps
+    config = SamplerConfig(gen_length=scale.gen_length, steps=scale.steps, block_length=block,
+                           stop_ids=())
+    step_flops, visited = flops.decode_flops_per_step(model, policy, prompt_length, num_visual,
+                                                      config)
+    rows.append(dict(name=name, description=description, framework='jax', block_length=block,
+                     decode_s=decode, tokens_per_s=scale.gen_length / decode,
+                     first_call_s=timing.first_call_s, compile_s=timing.compile_s,
+                     calls_s=timing.seconds, timed_steps=steps, flops_per_step=step_flops,
+                     blocks_visited=visited, peak_bytes=peak,
+                     device=jax.devices()[0].device_kind))
+  plain = rows[0]
+  for row in rows:
+    row['speedup_vs_plain'] = plain['decode_s'] / row['decode_s']
+    row['flop_ratio'] = plain['flops_per_step'] / row['flops_per_step']
+    row['efficiency'] = row['speedup_vs_plain'] / row['flop_ratio']
+  return rows
+
+
+def run(scale: Scale, repeats: int, torch_rows: bool, kernels: bool) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  import vidlada_jax as vj  # pylint: disable=g-import-not-at-top
+
+  config = vj.model_config(scale.architecture, dtype=scale.dtype, param_dtype=scale.dtype)
+  prompt = prompt_of(config, scale)
+  num_visual = scale.frames * config.tokens_per_frame
+  result = dict(scale=dataclasses.asdict(scale), repeats=repeats, backend=jax.default_backend(),
+                device=jax.devices()[0].device_kind, prompt_tokens=len(prompt) - 1 + num_visual,
+                visual_tokens=num_visual, rows=[])
+  print(f'{scale.architecture}: {len(prompt) - 1} text + {num_visual} visual tokens, '
+        f'{scale.gen_length} to decode', file=sys.stderr, flush=True)
+  if torch_rows:  # first, and freed before JAX allocates: both would not fit at once
+    try:
+      result['rows'].append(reference_rows(config, prompt, num_visual, scale, repeats))
+    except ImportError as e:
+      result['torch_error'] = f'PyTorch reference skipped: {e}'
+  started = time.perf_counter()
+  model = vj.init_model(config, seed=0)
+  jax.block_until_ready(nnx.state(model))
+  result['jax_build_s'] = time.perf_counter() - started
+  size = config.vision.image_size
+  pixels = jax.random.uniform(jax.random.key(1), (1, scale.frames, size, size, 3), minval=-1.0,
+                              maxval=1.0)
+  result['rows'] += jax_rows(model, prompt, pixels, scale, repeats)
+  plain = next(row for row in result['rows'] if row['name'] == 'plain')
+  for row in result['rows']:
+    row['speedup_vs_plain'] = plain['decode_s'] / row['decode_s']
+  reference = next((row for row in result['rows'] if row['name'] == 'torch_reference'), None)
+  if reference:
+    for row in result['rows']:
+      row['speedup_vs_torch'] = reference['decode_s'] / row['decode_s']
+  if kernels:
+    from vidlada_jax.attention_backends import kernel_timing  # pylint: disable=g-import-not-at-top
+
+    del model  # the kernels' inputs are small; the decode's memory is no longer needed
+    result['kernels'] = kernel_timing.run(scale.frames, scale.kernel_iters)
+  return result
+
+
+def headline(result: dict) -> dict:
+  """The figures the goals are stated in."""
+  rows = {row['name']: row for row in result['rows']}
+  plain, mars = rows['plain'], rows[f'mars_block{result["scale"]["block_lengths"][0]}']
+  out = dict(plain_tokens_per_s=plain['tokens_per_s'], mars_tokens_per_s=mars['tokens_per_s'],
+             mars_speedup_vs_plain=mars['speedup_vs_plain'], mars_flop_ratio=mars['flop_ratio'],
+             mars_efficiency=mars['efficiency'])
+  if 'torch_reference' in rows:
+    out['plain_speedup_vs_torch'] = plain['speedup_vs_torch']
+    out['torch_tokens_per_s'] = rows['torch_reference']['tokens_per_s']
+  return out
+
+
+def print_table(result: dict) -> None:
+  s = result['scale']
+  print(f'{s["architecture"]} ({s["dtype"]}) on {result["device"]}: {result["prompt_tokens"]} '
+        f'prompt tokens ({result["visual_tokens"]} visual, {s["frames"]} frames), '
+        f'{s["gen_length"]} tokens in {s["steps"]} steps; median of {result["repeats"]} calls')
+  print(f'{"decoding":<46}{"tokens/s":>9}{"vs plain":>9}{"vs torch":>9}{"FLOP ratio":>11}'
+        f'{"effic.":>7}{"compile s":>10}{"peak GB":>8}')
+  for row in result['rows']:
+    number = lambda key, fmt: '-' if row.get(key) is None else format(row[key], fmt)
+    peak = '-' if row.get('peak_bytes') is None else f'{row["peak_bytes"] / 1e9:.1f}'
+    print(f'{row["description"]:<46}{row["tokens_per_s"]:>9.2f}'
+          f'{number("speedup_vs_plain", ".2f"):>8}x{number("speedup_vs_torch", ".2f"):>8}x'
+          f'{number("flop_ratio", ".1f"):>11}{number("efficiency", ".2f"):>7}'
+          f'{number("compile_s", ".1f"):>10}{peak:>8}')
+  print(f'(plain decoding and the PyTorch loop timed over {s["timed_steps"]} steps and scaled to '
+        f'{s["steps"]}; peak memory per framework)')
+  if result.get('torch_error'):
+    print(result['torch_error'])
+  for row in result.get('kernels', []):
+    if 'error' in row:
+      print(f'kernel {row["implementation"]:<16} failed: {row["error"]}')
+    else:
+      print(f'kernel {row["implementation"]:<16}{row["ms"]:>10.2f} ms  visited '
+            f'{row["visited"]:.3f}  ({row["q_len"]} queries x {row["k_len"]} keys)')
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m vidlada_jax.launch.bench_device',
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--scale', choices=tuple(SCALES), default='8b')
+  parser.add_argument('--repeats', type=int, default=3, help='timed calls per row (median; 3)')
+  parser.add_argument('--no-torch', dest='torch', action='store_false',
+                      help='leave out the PyTorch reference loop')
+  parser.add_argument('--no-kernels', dest='kernels', action='store_false',
+                      help='leave out the attention kernel rows')
+  parser.add_argument('--json', action='store_true', help='print one JSON object (table on stderr)')
+  args = parser.parse_args(argv)
+  if args.repeats < 1:
+    parser.error('--repeats must be positive')
+  # Allocate as needed: PyTorch runs in this process too, and peak memory should mean the peak.
+  os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+  result = run(SCALES[args.scale], args.repeats, args.torch, args.kernels)
+  result['headline'] = headline(result)
+  with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+    print_table(result)  # with --json, on stderr: stdout holds the JSON object alone
+  if args.json:
+    print(json.dumps(result))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
