@@ -43,7 +43,7 @@ demo-model: $(STAMP)
 	  --workdir $(DEMO_RUNS)/qa --evaluation $(DEMO_RUNS)/evaluation.json
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS) tests
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -21,7 +21,16 @@ def pytest_configure(config):
   config.addinivalue_line('markers', 'slow: large or long cases (8B shapes, benchmarks); opt-in')
 
 
+# The longest files first, so that with several workers (`-n 2 --dist loadfile`, as `make test`
+# runs) none of them is left to run alone at the end.
+LONGEST_FIRST = ('test_training.py', 'test_train_multiprocess.py', 'test_mars.py',
+                 'test_kernel_partitioning.py', 'test_lmms_eval.py', 'test_conversion.py')
+
+
 def pytest_collection_modifyitems(config, items):
+  rank = lambda item: (LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
+                       else len(LONGEST_FIRST))
+  items.sort(key=rank)  # stable: the order within a file is kept
   if config.getoption('--run-slow'):
     return
   skip = pytest.mark.skip(reason='slow: run with --run-slow')
