@@ -26,7 +26,8 @@ def test_dense_matches_a_direct_formula():
   q, k, v, key_mask = inputs(5, 7, 4, 2)
   out = attention.dense_xla_attention(q, k, v, key_mask=key_mask)
   q64, k64, v64 = (np.asarray(x, np.float64) for x in (q, k, v))
-  k64, v64 = np.repeat(k64, 2, axis=2), np.repeat(v64, 2, axis=2)  # kv head h serves q heads 2h, 2h+1
+  # kv head h serves q heads 2h, 2h+1
+  k64, v64 = np.repeat(k64, 2, axis=2), np.repeat(v64, 2, axis=2)
   scores = np.einsum('bqhd,bkhd->bhqk', q64, k64) / 4.0
   scores = np.where(np.asarray(key_mask)[:, None, None, :], scores, -np.inf)
   probs = np.exp(scores - scores.max(-1, keepdims=True))

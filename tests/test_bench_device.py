@@ -1,4 +1,5 @@
-"""The device benchmark's tiny scale, end to end on this CPU: every row there, figures consistent."""
+"""The device benchmark's tiny scale, end to end on this CPU: every row there, figures
+consistent."""
 
 import json
 import statistics
@@ -47,7 +48,8 @@ def test_ratios_are_against_the_same_run(result):
     assert row['flop_ratio'] == pytest.approx(plain['flops_per_step'] / row['flops_per_step'])
     assert row['flop_ratio'] > 1  # caching recomputes less than plain decoding
     assert row['efficiency'] == pytest.approx(row['speedup_vs_plain'] / row['flop_ratio'])
-  assert plain['flop_ratio'] == 1 and plain['timed_steps'] == bench_device.SCALES['tiny'].timed_steps
+  assert (plain['flop_ratio'] == 1
+          and plain['timed_steps'] == bench_device.SCALES['tiny'].timed_steps)
   headline = result['headline']
   assert headline['mars_speedup_vs_plain'] == rows['mars_block16']['speedup_vs_plain']
   assert headline['plain_speedup_vs_torch'] == plain['speedup_vs_torch']

@@ -82,7 +82,8 @@ def siglip_checkpoint(directory, prefix, shards=1):
 
 LAYOUT_CASES = {
     'combined-1-file': lambda d, m: combined_checkpoint(d, m),
-    'combined-3-shards-bf16': lambda d, m: combined_checkpoint(d, m, shards=3, dtype=torch.bfloat16),
+    'combined-3-shards-bf16':
+        lambda d, m: combined_checkpoint(d, m, shards=3, dtype=torch.bfloat16),
     'llada-v-lm': lambda d, m: llada_v_lm_checkpoint(d),
     'llada-1-file-bf16': lambda d, m: llada_checkpoint(d),
     'llada-2-shards-bf16': lambda d, m: llada_checkpoint(d, shards=2),
@@ -276,10 +277,14 @@ def test_unknown_layout(tmp_path, capsys):
 
 @pytest.mark.parametrize('mutation, message', [
     (lambda t: t.pop('model.norm.weight'), r'missing: model.norm.weight'),
-    (lambda t: t.update({'model.extra.weight': torch.zeros(2)}), r'unexpected tensor\(s\): model.extra.weight'),
-    (lambda t: t.update({'model.norm.weight': torch.zeros(65)}), r'model.norm.weight has shape \[65\], expected \[64\]'),
-    (lambda t: t.update({'model.norm.weight': torch.zeros(64, dtype=torch.int32)}), r'model.norm.weight has dtype I32'),
-    (lambda t: t.update({'model.layers.1.mlp.up_proj.weight': t['model.layers.1.mlp.up_proj.weight'].half()}),
+    (lambda t: t.update({'model.extra.weight': torch.zeros(2)}),
+     r'unexpected tensor\(s\): model.extra.weight'),
+    (lambda t: t.update({'model.norm.weight': torch.zeros(65)}),
+     r'model.norm.weight has shape \[65\], expected \[64\]'),
+    (lambda t: t.update({'model.norm.weight': torch.zeros(64, dtype=torch.int32)}),
+     r'model.norm.weight has dtype I32'),
+    (lambda t: t.update({'model.layers.1.mlp.up_proj.weight':
+                         t['model.layers.1.mlp.up_proj.weight'].half()}),
      r'parameter lm/layers/mlp/up_proj/kernel mix dtypes'),
 ])
 def test_bad_tensors_are_named(tmp_path, capsys, mutation, message):
@@ -375,7 +380,8 @@ def test_export_of_a_model_made_in_jax(tmp_path):
   assert jax_to_hf.main(['--src', str(tmp_path / 'jax'), '--dst', str(tmp_path / 'hf'),
                          '--quiet']) == 0
   config = json.loads((tmp_path / 'hf' / 'config.json').read_text())
-  assert config['mm_projector_type'] == 'mlp2x_gelu' and config['vision_config']['num_hidden_layers'] == 2
+  assert (config['mm_projector_type'] == 'mlp2x_gelu'
+          and config['vision_config']['num_hidden_layers'] == 2)
   back = vj.from_pretrained(tmp_path / 'hf', progress=False)
   assert back.config == model.config
   np.testing.assert_array_equal(np.asarray(back(IDS, PIXELS)), np.asarray(model(IDS, PIXELS)))

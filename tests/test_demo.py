@@ -30,7 +30,8 @@ def test_demo_tokenizer_puts_the_special_tokens_at_the_demo_ids():
 
 
 def test_training_prompt_is_the_inference_prompt(tmp_path):
-  """configs/demo.py trains on exactly the tokens `vidlada_jax.launch.sample` puts before the answer."""
+  """configs/demo.py trains on exactly the tokens `vidlada_jax.launch.sample` puts before the
+  answer."""
   tokenizer = fixtures.demo_tokenizer()
   examples = [synthetic_qa.make_example(0, 'validation', i, num_frames=8, size=64)
               for i in range(4)]
@@ -88,7 +89,8 @@ def test_bundled_checkpoint_is_small_and_the_demo_architecture():
 
 def test_main_job_answers_the_bundled_clip(capsys):
   """The main job answers through the ordinary inference path: its plain answer is the one
-  `vidlada_jax.launch.sample` gives for the same clip, question and settings, and it reports both policies."""
+  `vidlada_jax.launch.sample` gives for the same clip, question and settings, and it reports
+  both policies."""
   from vidlada_jax.sampling import SamplerConfig
 
   code = demo.main([])

@@ -1,4 +1,5 @@
-"""vidlada_jax.launch.evaluate end to end on a random-weights checkpoint and a 6-item synthetic_video_qa split.
+"""vidlada_jax.launch.evaluate end to end on a random-weights checkpoint and a 6-item
+synthetic_video_qa split.
 
 The checkpoint is the 'demo' architecture (64-px frames, special tokens moved to 1024..), so the
 stop token and suppressed ids must come from the checkpoint. Its answers are garbage: these tests

@@ -66,7 +66,8 @@ def test_grouped_query_attention(tmp_path, input_ids):
   llama = ref.tiny_llama(seed=3, num_key_value_heads=2)
   expected = ref.bidirectional_logits(llama, input_ids=torch.from_numpy(input_ids).long())
   directory = ref.write_checkpoint(tmp_path / 'gqa', llama.state_dict(), llama.config.to_dict())
-  ours = np.asarray(vj.from_pretrained(directory, dtype='float32', progress=False).lm_logits(input_ids))
+  ours = np.asarray(
+      vj.from_pretrained(directory, dtype='float32', progress=False).lm_logits(input_ids))
   assert ref.max_relative_error(ours, expected) < TOLERANCE
 
 

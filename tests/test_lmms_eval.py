@@ -3,9 +3,9 @@
 A random-weights checkpoint of the demo architecture (its small vocabulary moves the LLaDA
 special ids, so the adapter must use the checkpoint's own) answers four clips of a tiny test
 split through `python -m vidlada_jax.lmms`: the run completes, writes the task's accuracy, and
-its responses are exactly what `vidlada_jax.launch.sample.Sampler` answers for the same items. In process:
-an unreadable video gives an empty response (the rest are answered), loglikelihood says why it
-cannot run, and the task's data helper, prompts and canvas sizing.
+its responses are exactly what `vidlada_jax.launch.sample.Sampler` answers for the same items.
+In process: an unreadable video gives an empty response (the rest are answered), loglikelihood
+says why it cannot run, and the task's data helper, prompts and canvas sizing.
 """
 
 import json

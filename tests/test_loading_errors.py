@@ -22,7 +22,8 @@ def test_missing_tensor_is_named(tmp_path, llama):
   tensors = dict(llama.state_dict())
   del tensors['model.layers.1.mlp.up_proj.weight']
   directory = write(tmp_path, tensors, llama.config.to_dict())
-  with pytest.raises(vj.CheckpointError, match=r'1 tensor\(s\) missing: model\.layers\.1\.mlp\.up_proj\.weight'):
+  with pytest.raises(vj.CheckpointError,
+                     match=r'1 tensor\(s\) missing: model\.layers\.1\.mlp\.up_proj\.weight'):
     vj.from_pretrained(directory, progress=False)
 
 
@@ -30,7 +31,9 @@ def test_unexpected_tensor_is_named(tmp_path, llama):
   tensors = dict(llama.state_dict())
   tensors['model.layers.0.self_attn.q_norm.weight'] = torch.ones(64)
   directory = write(tmp_path, tensors, llama.config.to_dict())
-  with pytest.raises(vj.CheckpointError, match=r'unexpected tensor\(s\): model\.layers\.0\.self_attn\.q_norm\.weight'):
+  with pytest.raises(vj.CheckpointError,
+                     match=r'unexpected tensor\(s\): '
+                           r'model\.layers\.0\.self_attn\.q_norm\.weight'):
     vj.from_pretrained(directory, progress=False)
 
 
@@ -48,7 +51,8 @@ def test_shape_mismatch_is_named(tmp_path, llama):
   tensors['model.layers.0.mlp.gate_proj.weight'] = torch.zeros(96, 64)
   directory = write(tmp_path, tensors, llama.config.to_dict())
   with pytest.raises(vj.CheckpointError,
-                     match=r'model\.layers\.0\.mlp\.gate_proj\.weight has shape \[96, 64\], expected \[128, 64\]'):
+                     match=r'model\.layers\.0\.mlp\.gate_proj\.weight has shape \[96, 64\], '
+                           r'expected \[128, 64\]'):
     vj.from_pretrained(directory, progress=False)
 
 

@@ -87,7 +87,8 @@ def test_multimodal_loss_never_masks_visual_tokens(tmp_path):
   rows = []
   for b in range(2):
     at = int(np.flatnonzero(ids[b] == -200)[0])
-    spliced_labels.append(np.concatenate([labels[b, :at], np.full(210, IGNORE), labels[b, at + 1:]]))
+    spliced_labels.append(
+        np.concatenate([labels[b, :at], np.full(210, IGNORE), labels[b, at + 1:]]))
     with torch.no_grad():
       embed = torch_model.lm.model.embed_tokens
       row = torch.cat([embed(torch.from_numpy(ids[b, :at]).long()),

@@ -1,4 +1,5 @@
-"""vidlada_jax.launch.sample end to end on a tiny checkpoint and generated videos, and its error messages."""
+"""vidlada_jax.launch.sample end to end on a tiny checkpoint and generated videos, and its error
+messages."""
 
 import json
 

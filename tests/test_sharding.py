@@ -81,11 +81,13 @@ def test_rules_must_cover_every_logical_axis():
 
 def test_indivisible_dimension_is_named():
   mesh, rules = sharding.mesh_from_spec('fsdp')
-  config = vj.ModelConfig(lm=dataclasses.replace(vj.config.TINY_LM, vocab_size=1000, hidden_size=36, num_layers=1,
-                                         num_heads=4, num_kv_heads=4, intermediate_size=64),
-                          vision=None)
+  config = vj.ModelConfig(
+      lm=dataclasses.replace(vj.config.TINY_LM, vocab_size=1000, hidden_size=36, num_layers=1,
+                             num_heads=4, num_kv_heads=4, intermediate_size=64),
+      vision=None)
   _, state = abstract_model(config)
-  with pytest.raises(ValueError, match=r'lm/.* dimension \d \(size 36\) does not divide over mesh axes fsdp'):
+  with pytest.raises(ValueError,
+                     match=r'lm/.* dimension \d \(size 36\) does not divide over mesh axes fsdp'):
     sharding.param_shardings(state, mesh, rules)
 
 

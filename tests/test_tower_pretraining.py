@@ -1,4 +1,5 @@
-"""Stage 0 of the demo: per-cell colour presence as a tower objective, and the trainer running it."""
+"""Stage 0 of the demo: per-cell colour presence as a tower objective, and the trainer running
+it."""
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +43,8 @@ def test_patch_labels_are_the_colours_covering_enough_of_each_patch():
   lenient = CellColours(palette=(GREY, RED, BLUE), background=BACKGROUND, min_pixels=3)
   assert np.asarray(lenient.patch_labels(jnp.asarray(frame_with_objects()[None]), 16))[0, 0, 3, 2]
   strict = CellColours(palette=(GREY, RED, BLUE), background=BACKGROUND, tolerance=20)
-  assert not np.asarray(strict.patch_labels(jnp.asarray(frame_with_objects()[None]), 16))[0, 1, 2, 1]
+  assert not np.asarray(
+      strict.patch_labels(jnp.asarray(frame_with_objects()[None]), 16))[0, 1, 2, 1]
 
 
 def test_token_labels_hold_region_presence_then_each_pooled_patch():
@@ -106,7 +108,8 @@ def test_demo_stage_zero_reads_every_colour_the_task_draws():
   drawn = {synthetic_qa.NEUTRAL_SQUARE, synthetic_qa.BALL, *synthetic_qa.COLOURS.values()}
   assert set(objective.palette) == {tuple(c) for c in drawn} and len(objective.palette) == 8
   background = np.array(objective.background)
-  assert min(np.linalg.norm(np.array(c) - background) for c in objective.palette) > objective.tolerance
+  assert min(np.linalg.norm(np.array(c) - background)
+             for c in objective.palette) > objective.tolerance
   assert tuple(config.optimizer.frozen) == ('lm', 'image_newline')
   qa = demo.get_config('init=/runs/demo-tower')
   assert qa.model.init_checkpoint == '/runs/demo-tower' and qa.objective.name == 'masked_diffusion'

@@ -1,11 +1,11 @@
 """Multi-host training through the real launcher: two processes of four CPU devices each train
 the tiny model as one process of eight devices does.
 
-Both jobs run `python -m vidlada_jax.launch.train --distributed ...` with gloo CPU collectives on localhost,
-the single process as a one-process job, so that both sum over the eight devices with the same
-collective algorithm (XLA:CPU's in-process collectives, which a run without `--distributed` uses,
-add the partial sums in another order: the first step's gradient norm then differs in its last
-bit).
+Both jobs run `python -m vidlada_jax.launch.train --distributed ...` with gloo CPU collectives on
+localhost, the single process as a one-process job, so that both sum over the eight devices with
+the same collective algorithm (XLA:CPU's in-process collectives, which a run without
+`--distributed` uses, add the partial sums in another order: the first step's gradient norm then
+differs in its last bit).
 
 What must be equal, and how exactly:
   - step 1, every logged number, bit for bit: the same weights, the same global batch split into

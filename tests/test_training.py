@@ -102,7 +102,8 @@ def test_accumulated_step_averages_the_micro_batch_gradients(accumulation):
 # --- Runs of the launcher -----------------------------------------------------------------
 
 def launch(workdir, *args, wait=True, env=None, stages=''):
-  """`python -m vidlada_jax.launch.train` on the tiny config; returns the finished process or the Popen."""
+  """`python -m vidlada_jax.launch.train` on the tiny config; returns the finished process or the
+  Popen."""
   cmd = [sys.executable, '-m', 'vidlada_jax.launch.train', f'--config=configs/tiny.py{stages}',
          f'--workdir={workdir}', '--noprogress', *args]
   environment = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
@@ -262,8 +263,8 @@ def test_a_corrupt_video_is_skipped_and_counted_not_fatal(tmp_path):
 
 
 def test_a_bug_during_training_is_not_reported_as_bad_input(tmp_path, monkeypatch, capsys):
-  """vidlada_jax.launch.train answers a bad job config with a one-line error (exit 2), but a ValueError
-  raised while training is a bug: it surfaces with its traceback."""
+  """vidlada_jax.launch.train answers a bad job config with a one-line error (exit 2), but a
+  ValueError raised while training is a bug: it surfaces with its traceback."""
   from absl import flags
 
   from vidlada_jax import configs

@@ -1,4 +1,5 @@
-"""The whole model on a combined LLaDA-V/VidLaDA checkpoint against an independent torch pipeline."""
+"""The whole model on a combined LLaDA-V/VidLaDA checkpoint against an independent torch
+pipeline."""
 
 import numpy as np
 import pytest
@@ -52,7 +53,8 @@ def test_multimodal_logits_match_torch(model, torch_model, pixels):
 
 def test_stored_27th_layer_is_optional(tmp_path, torch_model, model, pixels):
   directory = ref.write_checkpoint(
-      tmp_path / 'no_extra', torch_model.state_dict(include_extra_layer=False), torch_model.config())
+      tmp_path / 'no_extra', torch_model.state_dict(include_extra_layer=False),
+      torch_model.config())
   trimmed = vj.from_pretrained(directory, dtype='float32', progress=False)
   np.testing.assert_array_equal(
       np.asarray(trimmed.encode_video(pixels[0])), np.asarray(model.encode_video(pixels[0])))

@@ -1,4 +1,5 @@
-"""Files that ship with the repository (not with an installed package): the trained demo checkpoint and its bundled clips.
+"""Files that ship with the repository (not with an installed package): the trained demo
+checkpoint and its bundled clips.
 
     assets/demo-vidlada/     the small VidLaDA trained on synthetic_video_qa by configs/demo.py
                              (a vidlada-jax checkpoint with tokenizer.json; see its PROVENANCE.md)

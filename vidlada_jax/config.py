@@ -40,9 +40,11 @@ class LMConfig:
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
-      raise ValueError(f'hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}')
+      raise ValueError(f'hidden_size {self.hidden_size} is not divisible by num_heads '
+                       f'{self.num_heads}')
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(f'num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}')
+      raise ValueError(f'num_heads {self.num_heads} is not a multiple of num_kv_heads '
+                       f'{self.num_kv_heads}')
 
   @property
   def head_dim(self) -> int:
@@ -64,7 +66,8 @@ class VisionConfig:
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
-      raise ValueError(f'vision hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}')
+      raise ValueError(f'vision hidden_size {self.hidden_size} is not divisible by num_heads '
+                       f'{self.num_heads}')
     if self.image_size < self.patch_size:
       raise ValueError(f'image_size {self.image_size} is smaller than patch_size {self.patch_size}')
 
@@ -158,7 +161,8 @@ class ModelConfig:
     if self.lm is None and self.vision is None:
       raise ValueError('a model needs a language model, a vision tower, or both')
     if self.is_multimodal and self.projector != 'mlp2x_gelu':
-      raise ValueError(f'unsupported projector type {self.projector!r}: only "mlp2x_gelu" is implemented')
+      raise ValueError(f'unsupported projector type {self.projector!r}: '
+                       'only "mlp2x_gelu" is implemented')
     if self.newline != 'grid':
       raise ValueError(f'unsupported newline position {self.newline!r}: only "grid" is implemented')
 

@@ -79,7 +79,8 @@ class LLaDABlock(nnx.Module):
   def __init__(self, cfg: LMConfig, attend: Attention, *, dtype, param_dtype, rngs: nnx.Rngs):
     self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
     self.self_attn = LLaDAAttention(cfg, attend, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, param_dtype=param_dtype)
+    self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps,
+                                            param_dtype=param_dtype)
     self.mlp = LLaDAMLP(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x, rope: RotaryTable, key_mask):

@@ -154,7 +154,8 @@ class TensorReader:
 
   def read(self, entry: layouts.TensorMap, name: str, out: np.ndarray) -> None:
     """Tensor `name`, converted by `entry`'s transform, into `out` (C-contiguous)."""
-    transform, dtype, shape = entry.transform, self.tensors.dtype(name), self.tensors.info(name).shape
+    transform, dtype, shape = (entry.transform, self.tensors.dtype(name),
+                               self.tensors.info(name).shape)
     if not transform.reorders and dtype == out.dtype:
       self.tensors.read_into(name, out)
     elif getattr(transform, 'streams_rows', False):

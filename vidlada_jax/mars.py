@@ -10,7 +10,8 @@ with 64 frames. MARS-Cache (SPEC 8) recomputes far less, with three mechanisms, 
    explicit list. The first step of a generation recomputes everything.
 2. Frame-wise chunk attention. When V is recomputed, a visual query of frame n sees only the keys
    of frames n - w .. n + w, the anchors, the text and the response; text and response queries
-   keep global attention. Computed with the block-sparse op (`vidlada_jax.attention_backends.block_sparse`).
+   keep global attention. Computed with the block-sparse op
+   (`vidlada_jax.attention_backends.block_sparse`).
 3. Anchor tokens. When V is recomputed, `anchor_queries` visual queries sampled at equal stride
    attend (a cheap proxy) to every visual key; the `num_anchors` keys they attend to most,
    averaged over heads and sampled queries, are visible to every visual query.

@@ -487,5 +487,6 @@ def _row_keys(rng, batch: int) -> jax.Array:
   if rng.ndim == 0:
     return jax.random.split(rng, batch)
   if rng.shape[0] != batch:
-    raise ValueError(f'rng holds {rng.shape[0]} keys for {batch} prompts; pass one key or one per row')
+    raise ValueError(f'rng holds {rng.shape[0]} keys for {batch} prompts; '
+                     'pass one key or one per row')
   return rng

@@ -1,11 +1,11 @@
 """Meshes, logical-axis rules and parameters placed directly in their shardings.
 
 Every parameter carries logical axis names in flax's partitioning metadata (`out_sharding`; see
-`vidlada_jax.nn.layers.logical`), so flax tooling such as `nnx.get_partition_spec` sees them. A rule set
-(`RULE_SETS`, or a job's own) maps each logical name to mesh axes; this module is the one place
-that turns them into `NamedSharding`s, builds meshes, and creates or places models sharded, so that
-no full unsharded copy of the parameters ever sits on one device. Switching between FSDP-only and
-FSDP + tensor parallelism is a change of rule set, never of model code.
+`vidlada_jax.nn.layers.logical`), so flax tooling such as `nnx.get_partition_spec` sees them. A
+rule set (`RULE_SETS`, or a job's own) maps each logical name to mesh axes; this module is the one
+place that turns them into `NamedSharding`s, builds meshes, and creates or places models sharded,
+so that no full unsharded copy of the parameters ever sits on one device. Switching between
+FSDP-only and FSDP + tensor parallelism is a change of rule set, never of model code.
 """
 
 from __future__ import annotations

@@ -193,7 +193,7 @@ class VidLaDA(nnx.Module):
     check_image_placeholders(input_ids, self.config.tokens.image)
     return _multimodal_logits(self, jnp.asarray(input_ids, jnp.int32), jnp.asarray(pixel_values))
 
-  # --- Pieces, for the sampler, the loss and policy_comparison (trace-friendly, not jitted) ---------------
+  # --- Pieces, for the sampler, the loss and policy_comparison (trace-friendly, not jitted) ----
 
   def pooled_grid(self, images: jax.Array) -> jax.Array:
     """Images [N, H, W, 3] in [-1, 1] -> the projected, resampled grid [N, S, S, hidden]

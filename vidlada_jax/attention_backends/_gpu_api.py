@@ -1,8 +1,9 @@
 """The few Pallas GPU (Triton) APIs that move between jax releases, in one place.
 
-`vidlada_jax.attention_backends.gpu` imports these names instead of reaching into `jax.experimental.pallas.triton`
-or jax's private modules, so a jax upgrade that renames or moves one is fixed here and checked by
-`tests/test_block_sparse.py::test_gpu_api_*`. What has moved so far:
+`vidlada_jax.attention_backends.gpu` imports these names instead of reaching into
+`jax.experimental.pallas.triton` or jax's private modules, so a jax upgrade that renames or moves
+one is fixed here and checked by `tests/test_block_sparse.py::test_gpu_api_*`. What has moved so
+far:
 
   - the compiler params class: `TritonCompilerParams` until jax 0.5, `CompilerParams` since;
   - the custom call a Triton kernel lowers to: up to jaxlib 0.10.2 the Triton IR travels inside

@@ -19,8 +19,8 @@ blocks), so every implementation computes the same function as the dense referen
 
 Optionally a small second set of "global" keys/values (`GlobalKV`, e.g. gathered anchor tokens)
 joins the same softmax: a global key is visible to a query exactly when the block mask does *not*
-already show it (so an anchor inside a query's own frame window is counted once), and the two partial
-results are merged through their log-sum-exps.
+already show it (so an anchor inside a query's own frame window is counted once), and the two
+partial results are merged through their log-sum-exps.
 
 Layouts follow the model: q [B, Lq, H, D], k/v [B, Lk, Hkv, D] with Hkv dividing H.
 

@@ -7,9 +7,9 @@ so the pipeline fetches only the visited key/value blocks and keeps a query bloc
 resident across its steps; unlike a (query block, visit) grid padded to the longest row, no step
 is spent on padding, which matters for MARS-Cache: text query blocks visit every key block, frame
 query blocks only their frame window's few. Across a query block's steps an online softmax
-accumulates in VMEM scratch (running max, sum, unnormalised output), reset at its first step and normalised at
-its last; the exact element mask (`block_sparse.visible` and key_mask) applies inside each block,
-so the result is the reference's.
+accumulates in VMEM scratch (running max, sum, unnormalised output), reset at its first step and
+normalised at its last; the exact element mask (`block_sparse.visible` and key_mask) applies
+inside each block, so the result is the reference's.
 
 Layouts follow splash attention's: head-major [B, H, L, D] inside; query frame ids replicated
 across the 128 lanes ([Lq, 128]) and key frame ids across 8 sublanes ([B, 8, Lk]), so every block

@@ -20,7 +20,8 @@ def resolve(spec: str) -> str:
     return spec
   name = Path(path).name if path.endswith('.py') else f'{Path(path).name}.py'
   bundled = BUNDLED / name
-  if Path(path).parent.name not in ('', 'configs') or not bundled.is_file() or name == '__init__.py':
+  if (Path(path).parent.name not in ('', 'configs') or not bundled.is_file()
+      or name == '__init__.py'):
     return spec
   return f'{bundled}{colon}{args}'
 

@@ -1,9 +1,12 @@
-"""The demo model: a small VidLaDA trained from random weights on synthetic_video_qa, on a laptop CPU.
+"""The demo model: a small VidLaDA trained from random weights on synthetic_video_qa, on a laptop
+CPU.
 
 Two stages, because real VidLaDA's tower (SigLIP2) is pretrained before its stage 1:
 
-    python -m vidlada_jax.launch.train --config configs/demo.py:stage=tower --workdir /tmp/demo-tower
-    python -m vidlada_jax.launch.train --config configs/demo.py:init=/tmp/demo-tower --workdir /tmp/demo
+    python -m vidlada_jax.launch.train --config configs/demo.py:stage=tower \
+        --workdir /tmp/demo-tower
+    python -m vidlada_jax.launch.train --config configs/demo.py:init=/tmp/demo-tower \
+        --workdir /tmp/demo
     python -m vidlada_jax.launch.evaluate --checkpoint /tmp/demo --split test
 
 (`make demo-model` runs both, evaluates and packages the result.) This is how
@@ -18,9 +21,10 @@ Stage 0 (`stage=tower`) trains the tower and projector alone with the cell-colou
 are in its region and in each of its four patches, read off the decoded frames. The LM is frozen
 and never run. Stage 1 (the default, `init=` stage 0's work directory) trains the LM on the
 task's questions with the masked-diffusion loss, the tower and projector frozen, on 16-frame
-clips with prompts exactly as `vidlada_jax.launch.sample` renders them (no time instruction, "/no_think"
-appended), so the checkpoint answers through the ordinary inference path. Without `init` stage 1
-starts from random weights: the recipe docs/demo-model.md measures staying at chance.
+clips with prompts exactly as `vidlada_jax.launch.sample` renders them (no time instruction,
+"/no_think" appended), so the checkpoint answers through the ordinary inference path. Without
+`init` stage 1 starts from random weights: the recipe docs/demo-model.md measures staying at
+chance.
 
 Knobs: stage (tower | qa), init, steps, batch, lr, train_size (clips in the train split; default:
 one pass), workers (decoding processes).

@@ -11,8 +11,8 @@ optimizer numbers; this file restates the rest.
 
 Knobs as `configs/stage1.py`, plus `examples`: the dataset's size, from which one epoch's steps
 follow (`steps` overrides). `init` is a LLaDA-V checkpoint (PyTorch as released, or converted
-with `vidlada_jax.convert.hf_to_jax`); without it the model starts from random weights (memory plans, smoke
-tests only).
+with `vidlada_jax.convert.hf_to_jax`); without it the model starts from random weights (memory
+plans, smoke tests only).
 """
 
 from vidlada_jax.configs import common

@@ -33,7 +33,8 @@ def get_config(arg: str | None = None):
   # paper gives no step count.
   steps = knobs.steps or -(-CLIPS // knobs.batch)
   return common.base(
-      # The architecture is what `vidlada_jax.launch.memory_plan` compiles and what `init` must hold.
+      # The architecture is what `vidlada_jax.launch.memory_plan` compiles and what `init` must
+      # hold.
       model=dict(architecture='8b', init_checkpoint=knobs.init),
       # bf16 compute over float32 master weights, remat of every scanned layer (SPEC 7:
       # bf16, activation checkpointing); attention backends chosen from the platform.

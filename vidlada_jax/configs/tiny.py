@@ -1,7 +1,8 @@
 """The tiny model on generated moving-square clips: the whole training path in about a minute.
 
     python -m vidlada_jax.launch.train --config configs/tiny.py --workdir /tmp/tiny
-    python -m vidlada_jax.launch.train --config configs/tiny.py:stage=2,init=/tmp/tiny1 --workdir /tmp/tiny2
+    python -m vidlada_jax.launch.train --config configs/tiny.py:stage=2,init=/tmp/tiny1 \
+        --workdir /tmp/tiny2
 
 `stage=1|2|3` is the curriculum in miniature (stage 1: short clips, few frames; stage 2: more
 frames; stage 3: the vision tower frozen), each a handful of steps starting from `init` (the

@@ -1,9 +1,11 @@
 """Loading and conversion benchmark: time, throughput and peak memory of every path against the
 floor, on a synthetic checkpoint with the real names and 8B shapes.
 
-    python -m vidlada_jax.convert.bench                 3.1 GB checkpoint: real names and 8B shapes, 2 LM layers
+    python -m vidlada_jax.convert.bench                 3.1 GB checkpoint: real names and 8B shapes,
+                                                        2 LM layers
     python -m vidlada_jax.convert.bench --lm-layers 6   4.8 GB: peak memory should not move
-    python -m vidlada_jax.convert.bench --quick         1.1 GB (vocabulary cut to 32k, 1 LM layer), < 2 minutes
+    python -m vidlada_jax.convert.bench --quick         1.1 GB (vocabulary cut to 32k, 1 LM layer),
+                                                        < 2 minutes
     python -m vidlada_jax.convert.bench --json          one JSON object instead of the table
 
 Rows, each in a fresh process that reports its own peak RSS (getrusage) and the RSS it had
@@ -19,7 +21,8 @@ that every row reads from the page cache:
   from_pretrained (torch)  `vj.from_pretrained(dir, dtype=bfloat16)` of the PyTorch checkpoint
   hf_to_jax                `vidlada_jax.convert.hf_to_jax` (writes a vidlada-jax checkpoint)
   from_pretrained (jax)    `vj.from_pretrained` of that vidlada-jax checkpoint
-  jax_to_hf                `vidlada_jax.convert.jax_to_hf` back to PyTorch, checked byte-identical to the source
+  jax_to_hf                `vidlada_jax.convert.jax_to_hf` back to PyTorch, checked byte-identical
+                           to the source
 
 `ratio_to_floor` is each path's seconds over the floor's; the converters also get
 `ratio_to_conversion_floor`, over the floor plus the write floor. The conversions' memory claim is
@@ -201,7 +204,8 @@ def run(quick: bool, workdir: Path, lm_layers: int | None = None, repeats: int =
 def print_table(r: dict) -> None:
   gb = 1e9
   print(f'synthetic VidLaDA checkpoint ({r["mode"]}: {r["shape"]}): '
-        f'{r["checkpoint_bytes"] / gb:.2f} GB, largest tensor {r["largest_tensor_bytes"] / gb:.2f} GB')
+        f'{r["checkpoint_bytes"] / gb:.2f} GB, '
+        f'largest tensor {r["largest_tensor_bytes"] / gb:.2f} GB')
   print(f'{"path":<24} {"seconds":>8} {"GB/s":>6} {"x floor":>8} {"x read+write floors":>20} '
         f'{"peak RSS GB":>12} {"runtime RSS GB":>15} {"(peak-runtime)/largest":>23} '
         f'{"(peak-runtime)/ckpt":>20}')

@@ -10,8 +10,9 @@ so a round trip is bit-exact), placed in its sharding on `--mesh`, and written t
 next is read (parameters stacked over layers are stored one array per layer). Peak memory is a
 few times the largest tensor, whatever the number of layers.
 Tensors the model does not use (the 27th vision layer, the pooling head) are carried in
-`passthrough/` so that `vidlada_jax.convert.jax_to_hf` reproduces the source. Tokenizer files are copied.
-`vj.from_pretrained(OUT_DIR)` loads the result, restoring straight into the requested shardings.
+`passthrough/` so that `vidlada_jax.convert.jax_to_hf` reproduces the source. Tokenizer files are
+copied. `vj.from_pretrained(OUT_DIR)` loads the result, restoring straight into the requested
+shardings.
 """
 
 from __future__ import annotations

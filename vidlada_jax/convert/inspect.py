@@ -1,13 +1,14 @@
 """Print the tensors of a checkpoint, or the differences between two.
 
-    python -m vidlada_jax.convert.inspect PATH                    names, dtypes, shapes and totals
-    python -m vidlada_jax.convert.inspect PATH --against OTHER    what differs (names, shapes, dtypes)
-    python -m vidlada_jax.convert.inspect PATH --against OTHER --values   ... and the bytes of every tensor
+    python -m vidlada_jax.convert.inspect PATH                  names, dtypes, shapes and totals
+    python -m vidlada_jax.convert.inspect PATH --against OTHER  what differs (names, shapes, dtypes)
+    python -m vidlada_jax.convert.inspect PATH --against OTHER --values
+                                                                ... and the bytes of every tensor
 
 PATH and OTHER are PyTorch checkpoint directories or vidlada-jax checkpoints. A vidlada-jax
 checkpoint compared with a PyTorch one is seen through the export to that checkpoint's layout
-(the tensors `vidlada_jax.convert.jax_to_hf` would write), so names and layouts line up. Exits 0 when there
-is no difference, 1 when there is one, 2 on an error.
+(the tensors `vidlada_jax.convert.jax_to_hf` would write), so names and layouts line up. Exits 0
+when there is no difference, 1 when there is one, 2 on an error.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """vidlada-jax (orbax) checkpoint -> PyTorch checkpoint in the reference's names and layouts.
 
-    python -m vidlada_jax.convert.jax_to_hf --src OUT_DIR --dst HF_DIR [--layout llada_v|llada|siglip]
-                                [--max-shard-size 5GB] [--dtype bfloat16|float32] [--overwrite]
+    python -m vidlada_jax.convert.jax_to_hf --src OUT_DIR --dst HF_DIR
+                                [--layout llada_v|llada|siglip] [--max-shard-size 5GB]
+                                [--dtype bfloat16|float32] [--overwrite]
 
 Writes safetensors with the reference's tensor names and PyTorch layouts (`Linear.weight` is
 [out, in], conv weights [out, in, kh, kw]), `model.safetensors.index.json` when the tensors span
@@ -108,7 +109,8 @@ class ExportPlan:
     self.specs.sort(key=lambda s: natural_sort_key(s.name))
     self.config_json = (
         (dict(source.config, torch_dtype=dtype) if dtype else dict(source.config))
-        if same_as_source else hf_config.export_config(config, layout, dtype or manifest.stored_dtype))
+        if same_as_source
+        else hf_config.export_config(config, layout, dtype or manifest.stored_dtype))
 
   def _select_parts(self, config, layout):
     if layout == layouts.LLADA:

@@ -53,7 +53,8 @@ def write_synthetic_checkpoint(directory, *, lm_layers: int, vision_layers: int,
   extra = f'{layouts.COMBINED_VISION_PREFIX}encoder.layers.{vision_layers}.'
   specs += [TensorSpec(s.name.replace(f'{layouts.COMBINED_VISION_PREFIX}encoder.layers.0.', extra),
                        s.shape, s.dtype)
-            for s in specs if s.name.startswith(f'{layouts.COMBINED_VISION_PREFIX}encoder.layers.0.')]
+            for s in specs
+            if s.name.startswith(f'{layouts.COMBINED_VISION_PREFIX}encoder.layers.0.')]
   rng = np.random.default_rng(seed)
   writer = ShardedSafetensorsWriter(directory, specs, max_shard_bytes)
   for spec in specs:

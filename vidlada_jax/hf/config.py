@@ -56,7 +56,8 @@ def detect_layout(raw: dict[str, Any]) -> str:
 def _rope_theta(raw: dict[str, Any]) -> float:
   scaling = raw.get('rope_scaling')
   params = raw.get('rope_parameters') or {}
-  rope_type = (scaling or {}).get('rope_type', (scaling or {}).get('type')) or params.get('rope_type')
+  rope_type = ((scaling or {}).get('rope_type', (scaling or {}).get('type'))
+               or params.get('rope_type'))
   if rope_type not in (None, 'default'):
     raise ConfigError(f'RoPE scaling {rope_type!r} is not supported (LLaDA uses plain RoPE)')
   theta = raw.get('rope_theta', params.get('rope_theta'))

@@ -137,7 +137,8 @@ class SafetensorsCheckpoint:
     for name, file in self._weight_map.items():
       info = self._tensors.get(name)
       if info is None or info.file.name != file:
-        raise CheckpointError(f'{INDEX_FILE} places tensor {name} in {file}, which does not hold it')
+        raise CheckpointError(f'{INDEX_FILE} places tensor {name} in {file}, '
+                              'which does not hold it')
     unlisted = sorted(set(self._tensors) - set(self._weight_map))
     if unlisted:
       raise CheckpointError(f'tensors {unlisted[:5]} are stored but not listed in {INDEX_FILE}')
@@ -215,7 +216,8 @@ def numpy_dtype(safetensors_name: str) -> np.dtype:
 def safetensors_dtype(dtype) -> str:
   name = np.dtype(dtype).name
   if name not in _DTYPE_NAMES:
-    raise ValueError(f'cannot store dtype {name} in a checkpoint; expected one of {list(_DTYPE_NAMES)}')
+    raise ValueError(f'cannot store dtype {name} in a checkpoint; '
+                     f'expected one of {list(_DTYPE_NAMES)}')
   return _DTYPE_NAMES[name]
 
 

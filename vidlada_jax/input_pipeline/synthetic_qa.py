@@ -410,8 +410,8 @@ def as_text(value) -> str:
 
 
 def question_text(example: Mapping[str, Any]) -> str:
-  """The question as a user asks it (vidlada_jax.launch.sample, the web page, lmms-eval): the question, plus
-  the lettered options and the answer instruction for multiple choice."""
+  """The question as a user asks it (vidlada_jax.launch.sample, the web page, lmms-eval): the
+  question, plus the lettered options and the answer instruction for multiple choice."""
   text = as_text(example['question'])
   if as_text(example['format']) == 'multiple_choice':
     options = [as_text(o) for o in example['options']]
@@ -513,7 +513,8 @@ def write_clips(examples: Iterable[Mapping[str, Any]], videos_dir: str | os.Path
 
 
 def export_split(root: str | os.PathLike, split: str,
-                 config: SyntheticVideoQaConfig | str = 'default', *, progress: bool = True) -> Path:
+                 config: SyntheticVideoQaConfig | str = 'default', *,
+                 progress: bool = True) -> Path:
   """Writes one split of the task straight to mp4s + annotations (`export_videos`) without
   preparing the tfds dataset: the same examples its builder yields (`split_examples`), for
   training on the decoded-video path. Returns the mixture YAML's path."""

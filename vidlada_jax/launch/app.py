@@ -1,20 +1,20 @@
 """A web page that answers questions about videos and shows the answer denoising, step by step.
 
-    python -m vidlada_jax.launch.app [--port 7860] [--host 127.0.0.1] [--checkpoint DIR] [--clips DIR]
-        [--frames 64] [--gen-length 16 --steps 16 --block-length 16] [--cache none] [--think]
-        [--replay-seconds 3]
+    python -m vidlada_jax.launch.app [--port 7860] [--host 127.0.0.1] [--checkpoint DIR]
+        [--clips DIR] [--frames 64] [--gen-length 16 --steps 16 --block-length 16] [--cache none]
+        [--think] [--replay-seconds 3]
 
 Then open http://HOST:PORT. Upload a video or pick one of the bundled clips, type a question and
 press "Answer". The model is a masked-diffusion LM: the answer starts as a canvas of mask tokens
 (shown as ░) and each denoising step reveals some of them. The page replays the canvas after every
 step, lets you scrub through the steps afterwards, lists every step, and shows the final answer
-and the decoding speed. The cache policy (those of vidlada_jax.launch.sample --cache: none, mars, dual, ...),
-the canvas length, the number of steps and the block length are controls on the page.
+and the decoding speed. The cache policy (those of vidlada_jax.launch.sample --cache: none, mars,
+dual, ...), the canvas length, the number of steps and the block length are controls on the page.
 
 DIR defaults to the trained demo checkpoint (`vidlada_jax.assets.DEMO_CHECKPOINT`); any VidLaDA
-checkpoint that `vidlada_jax.launch.sample` reads works. The bundled clips are `assets/clips/clips.json`
-(`vidlada_jax.assets`); --clips points at another directory holding a clips.json. Without one the page
-offers no examples.
+checkpoint that `vidlada_jax.launch.sample` reads works. The bundled clips are
+`assets/clips/clips.json` (`vidlada_jax.assets`); --clips points at another directory holding a
+clips.json. Without one the page offers no examples.
 
 The model is loaded once at start-up. Each new combination of settings, frame count and prompt
 length compiles one decode program first (the page marks those timings "includes compilation").
@@ -88,8 +88,8 @@ class Trace:
 
 
 def clip_question(record: dict) -> str:
-  """The question of a bundled clip as the model was trained to see it (as vidlada_jax.launch.demo asks it):
-  multiple-choice questions carry their lettered options and the answer instruction."""
+  """The question of a bundled clip as the model was trained to see it (as vidlada_jax.launch.demo
+  asks it): multiple-choice questions carry their lettered options and the answer instruction."""
   return synthetic_qa.question_text(record)
 
 

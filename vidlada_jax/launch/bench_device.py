@@ -142,7 +142,8 @@ def jax_rows(model, prompt, pixels, scale: Scale, repeats: int) -> list[dict]:
 
   import vidlada_jax as vj  # pylint: disable=g-import-not-at-top
   from vidlada_jax import flops  # pylint: disable=g-import-not-at-top
-  from vidlada_jax.benchmarking import peak_device_bytes, time_interleaved  # pylint: disable=g-import-not-at-top
+  from vidlada_jax.benchmarking import (  # pylint: disable=g-import-not-at-top
+      peak_device_bytes, time_interleaved)
   from vidlada_jax.sampling import SamplerConfig  # pylint: disable=g-import-not-at-top
 
   first_block, last_block = scale.block_lengths[0], scale.block_lengths[-1]

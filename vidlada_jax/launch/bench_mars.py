@@ -1,7 +1,9 @@
 """MARS-Cache benchmark: plain decoding, each mechanism alone, the default, and Fast-dLLM's cache.
 
-    python -m vidlada_jax.launch.bench_mars                   16 frames x 210 tokens, gen 64 / steps 64
-    python -m vidlada_jax.launch.bench_mars --quick --json    a reduced case in under two minutes, as JSON
+    python -m vidlada_jax.launch.bench_mars                   16 frames x 210 tokens,
+                                                              gen 64 / steps 64
+    python -m vidlada_jax.launch.bench_mars --quick --json    a reduced case in under two minutes,
+                                                              as JSON
     python -m vidlada_jax.launch.bench_mars --policies none,mars,dual
 
 One random model of the real width ratio (head dim 128, MLP 3x the width; a 16k vocabulary, so
@@ -20,8 +22,8 @@ policy the table gives:
   blocks               fraction of attention key blocks visited when visual rows are recomputed
   tokens equal         fraction of the decoded tokens equal to plain decoding's
   logits rel. err      max |logits - plain| / max |plain| of the block logits along plain
-  top-1 agree          decoding's trajectory (`vidlada_jax.policy_comparison.compare_along`), and how often
-                       the most likely token is the same at still-masked positions
+  top-1 agree          decoding's trajectory (`vidlada_jax.policy_comparison.compare_along`), and
+                       how often the most likely token is the same at still-masked positions
 """
 
 from __future__ import annotations
@@ -82,9 +84,9 @@ def run(quick: bool, names, repeats: int = 3) -> dict:
 
   shape = QUICK if quick else FULL
   config = vj.model_config('tiny').replace(
-      lm=dataclasses.replace(vj.config.TINY_LM, vocab_size=VOCAB, hidden_size=shape['hidden'], num_heads=shape['heads'],
-                     num_kv_heads=shape['heads'], intermediate_size=3 * shape['hidden'],
-                     num_layers=shape['layers']),
+      lm=dataclasses.replace(vj.config.TINY_LM, vocab_size=VOCAB, hidden_size=shape['hidden'],
+                             num_heads=shape['heads'], num_kv_heads=shape['heads'],
+                             intermediate_size=3 * shape['hidden'], num_layers=shape['layers']),
       tokens=vj.TokenIds(**TOKENS))
   model = randomise(vj.init_model(config, seed=0), seed=0)
   rng = np.random.default_rng(0)
@@ -117,8 +119,8 @@ def run(quick: bool, names, repeats: int = 3) -> dict:
   plain = rows.get('none')
   if plain is not None:
     others = {name: p for name, p in policies(names).items() if name != 'none'}
-    comparisons = policy_comparison.compare_along(model, ids, pixels, plain['history'], config=sampler,
-                                       policies=others) if others else {}
+    comparisons = policy_comparison.compare_along(
+        model, ids, pixels, plain['history'], config=sampler, policies=others) if others else {}
     for name, row in rows.items():
       row['speedup'] = plain['seconds'] / row['seconds']
       row['flop_ratio'] = plain['flops_per_step'] / row['flops_per_step']
@@ -163,7 +165,8 @@ def print_table(result: dict) -> None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m vidlada_jax.launch.bench_mars', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m vidlada_jax.launch.bench_mars',
+                                   description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--quick', action='store_true', help='reduced case, under two minutes')
   parser.add_argument('--json', action='store_true', help='print one JSON object')

@@ -1,7 +1,9 @@
 """Sampler benchmark: our jitted `vj.generate` against the reference algorithm as a PyTorch loop.
 
-    python -m vidlada_jax.launch.bench_sampler            2048-token prompt, gen_length = steps = block = 64
-    python -m vidlada_jax.launch.bench_sampler --quick    1024-token prompt, 16/16/16, under two minutes
+    python -m vidlada_jax.launch.bench_sampler            2048-token prompt,
+                                                          gen_length = steps = block = 64
+    python -m vidlada_jax.launch.bench_sampler --quick    1024-token prompt, 16/16/16,
+                                                          under two minutes
     python -m vidlada_jax.launch.bench_sampler --json     one JSON object instead of the table
 
 The same small LLaDA-style model (real 126k vocabulary, 4 layers of width 256, random weights) runs
@@ -53,7 +55,8 @@ def run(quick: bool) -> dict:
   torch.manual_seed(0)
   config = LlamaConfig(**SMALL_LM, tie_word_embeddings=False, attn_implementation='sdpa')
   torch_model = LlamaForCausalLM(config).eval()
-  prompt = np.random.default_rng(0).integers(0, 126000, size=shape['prompt_tokens']).astype(np.int32)
+  prompt = np.random.default_rng(0).integers(0, 126000,
+                                             size=shape['prompt_tokens']).astype(np.int32)
   settings = {k: shape[k] for k in ('gen_length', 'steps', 'block_length')}
 
   with tempfile.TemporaryDirectory() as directory:
@@ -96,7 +99,8 @@ def run(quick: bool) -> dict:
 
 def print_table(r: dict) -> None:
   print(f'prompt {r["prompt_tokens"]} tokens, gen_length/steps/block {r["gen_length"]}/'
-        f'{r["steps"]}/{r["block_length"]}, greedy, float32, {r["device"]} ({r["cpu_threads"]} threads)')
+        f'{r["steps"]}/{r["block_length"]}, greedy, float32, '
+        f'{r["device"]} ({r["cpu_threads"]} threads)')
   print(f'{"implementation":<48} {"seconds":>8} {"tokens/s":>9} {"vs reference loop":>18}')
   rows = [('vidlada-jax generate (one jitted program)', r['jax_seconds'], r['ratio']),
           ('PyTorch loop, full logits (the reference)', r['torch_seconds'], 1.0),
@@ -109,7 +113,8 @@ def print_table(r: dict) -> None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m vidlada_jax.launch.bench_sampler', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m vidlada_jax.launch.bench_sampler',
+                                   description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--quick', action='store_true', help='smaller case, under two minutes')
   parser.add_argument('--json', action='store_true', help='print one JSON object')

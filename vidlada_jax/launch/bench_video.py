@@ -85,7 +85,8 @@ def main(argv=None):
   full_decode_seconds = time.perf_counter() - start
 
   identical = (sorted(everything) == wanted and
-               all(np.array_equal(f, everything[int(i)]) for f, i in zip(clip.frames, clip.indices)))
+               all(np.array_equal(f, everything[int(i)])
+                   for f, i in zip(clip.frames, clip.indices)))
   _, stats = video._read_frames(path, wanted)  # untimed: how the seeking read got there
   result = dict(
       seek_seconds=round(seek_seconds, 3), full_decode_seconds=round(full_decode_seconds, 3),

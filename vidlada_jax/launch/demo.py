@@ -44,7 +44,8 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--checkpoint', default=str(assets.DEMO_CHECKPOINT))
   parser.add_argument('--clip', default=DEFAULT_CLIP,
-                      help=f'id of a bundled clip (assets/clips/clips.json; default {DEFAULT_CLIP})')
+                      help=f'id of a bundled clip (assets/clips/clips.json; '
+                           f'default {DEFAULT_CLIP})')
   parser.add_argument('--question', help="another question about the clip (default: the clip's)")
   args = parser.parse_args(argv)
 

@@ -25,8 +25,9 @@ item (id, question_type, format, question, options, target, answer, correct, err
 seconds: its share of its batch's time, tokens, settings) is appended to the output file
 (default `<output-dir>/synthetic_video_qa_<split>_<cache>.jsonl`, or `..._<config>_<split>_...`
 for a config other than `default`) as soon as its batch is decoded, so an interrupted run loses
-at most one batch, and --resume skips the ids the file already holds. An existing file is never overwritten. An item whose video cannot be read is
-recorded with its "error" and counts as wrong; the run goes on.
+at most one batch, and --resume skips the ids the file already holds. An existing file is never
+overwritten. An item whose video cannot be read is recorded with its "error" and counts as wrong;
+the run goes on.
 
 --cache all (or a comma list) evaluates several cache policies in turn on the same items and
 prints one column per policy; when `none` (plain decoding) is among them, also each policy's
@@ -78,7 +79,8 @@ def parse_policies(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog='python -m vidlada_jax.launch.evaluate', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m vidlada_jax.launch.evaluate',
+                                   description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--checkpoint',
                       help=f'default: the demo checkpoint, {assets.DEMO_CHECKPOINT}')

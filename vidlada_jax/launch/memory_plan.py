@@ -2,7 +2,8 @@
 
     python -m vidlada_jax.launch.memory_plan --config configs/stage2.py --mesh fsdp=64
     python -m vidlada_jax.launch.memory_plan --config configs/stage2.py:micro=8 --mesh fsdp=8 --json
-    python -m vidlada_jax.launch.memory_plan --config configs/stage3.py --mesh fsdp=64 --target tpu:v5p:4x4x4
+    python -m vidlada_jax.launch.memory_plan --config configs/stage3.py --mesh fsdp=64 \
+        --target tpu:v5p:4x4x4
 
 The trainer's own pieces (`make_train_step`, `state_shardings`, `batch_shardings`,
 `make_optimizer`) build the step for the job's model, optimizer, frozen modules and mesh; the

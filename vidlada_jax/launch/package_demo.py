@@ -1,8 +1,11 @@
 """Package a trained demo model and its bundled clips into `assets/` (how they were made).
 
-    python -m vidlada_jax.launch.train --config configs/demo.py:stage=tower --workdir /tmp/demo-tower
-    python -m vidlada_jax.launch.train --config configs/demo.py:init=/tmp/demo-tower --workdir /tmp/demo
-    python -m vidlada_jax.launch.evaluate --checkpoint /tmp/demo --split test --json > /tmp/demo_eval.json
+    python -m vidlada_jax.launch.train --config configs/demo.py:stage=tower \
+        --workdir /tmp/demo-tower
+    python -m vidlada_jax.launch.train --config configs/demo.py:init=/tmp/demo-tower \
+        --workdir /tmp/demo
+    python -m vidlada_jax.launch.evaluate --checkpoint /tmp/demo \
+        --split test --json > /tmp/demo_eval.json
     python -m vidlada_jax.launch.package_demo --tower-workdir /tmp/demo-tower --workdir /tmp/demo \
         --evaluation /tmp/demo_eval.json
 
@@ -86,15 +89,18 @@ def provenance(workdir: Path, evaluation: dict | None, note: str | None = None,
   if tower_workdir:
     commands.append('    python -m vidlada_jax.launch.train --config configs/demo.py:stage=tower '
                     '--workdir /tmp/demo-tower')
-    commands.append('    python -m vidlada_jax.launch.train --config configs/demo.py:init=/tmp/demo-tower '
+    commands.append('    python -m vidlada_jax.launch.train '
+                    '--config configs/demo.py:init=/tmp/demo-tower '
                     '--workdir /tmp/demo')
   else:
-    commands.append('    python -m vidlada_jax.launch.train --config configs/demo.py --workdir /tmp/demo')
+    commands.append('    python -m vidlada_jax.launch.train '
+                    '--config configs/demo.py --workdir /tmp/demo')
   lines = [
       '# The demo model',
       '',
       'A small VidLaDA (architecture `demo`: SigLIP-style tower on 64-px frames in 16-px patches,',
-      '6 visual tokens a frame, a 4-layer LLaDA LM of width 128) trained from random weights on the',
+      '6 visual tokens a frame, a 4-layer LLaDA LM of width 128) '
+      'trained from random weights on the',
       'train split of synthetic_video_qa (`default`: 16-frame clips) with the repository trainer'
       + (': stage 0 pretrains the tower and projector (cell colours), stage 1 trains the LM on'
          ' the questions with both frozen' if tower_workdir else '') + ':',
@@ -123,11 +129,14 @@ def provenance(workdir: Path, evaluation: dict | None, note: str | None = None,
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m vidlada_jax.launch.package_demo', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m vidlada_jax.launch.package_demo',
+                                   description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True, help='the demo training run (stage 1)')
-  parser.add_argument('--tower-workdir', help='its stage 0 run (tower pretraining), for PROVENANCE.md')
-  parser.add_argument('--evaluation', help='vidlada_jax.launch.evaluate --json output, for PROVENANCE.md')
+  parser.add_argument('--tower-workdir',
+                      help='its stage 0 run (tower pretraining), for PROVENANCE.md')
+  parser.add_argument('--evaluation',
+                      help='vidlada_jax.launch.evaluate --json output, for PROVENANCE.md')
   parser.add_argument('--note', help='a paragraph for PROVENANCE.md (how the run went)')
   parser.add_argument('--clips-only', action='store_true')
   args = parser.parse_args(argv)

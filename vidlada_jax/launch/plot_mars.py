@@ -1,6 +1,8 @@
-"""Plot and tabulate MARS-Cache's accuracy and speed on a trained model, from `vidlada_jax.launch.evaluate`.
+"""Plot and tabulate MARS-Cache's accuracy and speed on a trained model, from
+`vidlada_jax.launch.evaluate`.
 
-    python -m vidlada_jax.launch.evaluate --cache none,mars-exact,mars-refresh,mars-chunk,mars-anchors,mars,dual \\
+    python -m vidlada_jax.launch.evaluate \\
+        --cache none,mars-exact,mars-refresh,mars-chunk,mars-anchors,mars,dual \\
         --split test --json > outputs/mars_demo.json
     python -m vidlada_jax.launch.plot_mars outputs/mars_demo.json --png docs/mars_demo.png
 
@@ -65,7 +67,8 @@ def plot(policies: dict[str, dict], png: Path, title: str) -> None:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m vidlada_jax.launch.plot_mars', description=__doc__,
+  parser = argparse.ArgumentParser(prog='python -m vidlada_jax.launch.plot_mars',
+                                   description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('results', help='the JSON vidlada_jax.launch.evaluate --json printed')
   parser.add_argument('--png', default='docs/mars_demo.png')

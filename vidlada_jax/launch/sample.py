@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--show-layout', action='store_true',
                       help='print the spliced sequence layout and the decoded token ids')
-  parser.add_argument('--json', action='store_true', help='one JSON object with answers and timings')
+  parser.add_argument('--json', action='store_true',
+                      help='one JSON object with answers and timings')
   return parser
 
 

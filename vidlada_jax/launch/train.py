@@ -1,6 +1,7 @@
 """Train VidLaDA from a job config.
 
-    python -m vidlada_jax.launch.train --config configs/stage1.py --workdir DIR [--config.key=value ...]
+    python -m vidlada_jax.launch.train --config configs/stage1.py --workdir DIR
+        [--config.key=value ...]
 
 The config file's `get_config(arg)` takes the text after a colon (`configs/tiny.py:stage=2`);
 `--config.train.total_steps=10` style flags override any field. Running again with the same
@@ -8,7 +9,8 @@ work directory resumes from its latest checkpoint (parameters, optimizer, step, 
 position). On a multi-host job every process runs this same command with `--distributed`:
 
     TPU pods, SLURM:   --distributed    (jax.distributed.initialize() finds its peers itself;
-                                         see vidlada_jax/launch/tpu_pod_train.sh, vidlada_jax/launch/slurm_train.sh)
+                                         see vidlada_jax/launch/tpu_pod_train.sh,
+                                         vidlada_jax/launch/slurm_train.sh)
     anywhere else:     --distributed --coordinator_address=HOST:PORT --num_processes=N
                        --process_id=I   (HOST: process 0's machine; I: 0..N-1, one per process)
 """

@@ -6,9 +6,9 @@
 `pretrained` is a vidlada-jax or PyTorch (LLaDA-V/VidLaDA) checkpoint directory holding
 tokenizer.json (anything `vidlada_jax.from_pretrained` loads; default: the demo checkpoint in
 assets/). Requests are answered by `vidlada_jax.Answerer`, so prompts, frame sampling and
-decoding are exactly those of `python -m vidlada_jax.launch.sample`: each request's context (the task's
-question text; an `<image>` in it is dropped, the chat template puts the video first) goes into
-the chat template with "/no_think" appended, and the one video `doc_to_visual` names is read
+decoding are exactly those of `python -m vidlada_jax.launch.sample`: each request's context (the
+task's question text; an `<image>` in it is dropped, the chat template puts the video first) goes
+into the chat template with "/no_think" appended, and the one video `doc_to_visual` names is read
 at one frame per second, or `max_frames_num` evenly spread when that would be more.
 
 Model arguments (`--model_args key=value,...`):
@@ -170,7 +170,8 @@ class VidLaDAJax(lmms):
       raise FileNotFoundError(f'pretrained={checkpoint}: no checkpoint directory there')
     self.answerer = Answerer(
         checkpoint, cache=str(cache), frames=_positive_int('max_frames_num', max_frames_num),
-        settings=settings, dtype=dtype, time_instruction=_flag('time_instruction', time_instruction),
+        settings=settings, dtype=dtype,
+        time_instruction=_flag('time_instruction', time_instruction),
         think=_flag('think', think), max_length=_positive_int('max_length', max_length),
         seed=int(seed))
     # The answerer's settings carry the checkpoint's own special ids (stop token included).

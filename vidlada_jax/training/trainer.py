@@ -178,8 +178,8 @@ class StepPlan:
 def plan_step(config: ModelConfig, optimizer: OptimizerConfig, train: TrainConfig, mesh,
               rules, objective: Objective | None = None) -> StepPlan:
   """The jitted train step of a model of `config` (nothing allocated): which parameters train,
-  the optimizer over them, and every sharding. The trainer and `vidlada_jax.launch.memory_plan` share it.
-  The objective defaults to the masked-diffusion loss."""
+  the optimizer over them, and every sharding. The trainer and `vidlada_jax.launch.memory_plan`
+  share it. The objective defaults to the masked-diffusion loss."""
   graphdef, abstract_state = abstract_model(config)
   shapes = {path: v.get_value() for path, v in flat_params(abstract_state).items()}
   check_prefixes(optimizer, shapes)
