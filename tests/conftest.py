@@ -1,11 +1,18 @@
 """Test session setup: 8 simulated CPU devices (for the mesh tests) and float32-exact matmuls."""
 
 import os
+import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '')
 if '--xla_force_host_platform_device_count' not in os.environ['XLA_FLAGS']:
   os.environ['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=8'
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# XLA's persistent compilation cache, shared by the test workers and the processes the tests
+# launch: the launcher's training runs, the converters and the multi-process tests compile the
+# same tiny programs again and again. Reading a program back is exact (the same executable).
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(tempfile.gettempdir(), 'vidlada_jax_tests_compilation_cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402

@@ -6,6 +6,7 @@ import statistics
 
 import pytest
 
+import vidlada_jax as vj
 from vidlada_jax.launch import bench_device
 
 
@@ -28,7 +29,7 @@ def test_every_row_is_measured(result):
   scale = bench_device.SCALES['tiny']
   names = [row['name'] for row in result['rows']]
   assert names == ['torch_reference', 'plain', 'mars_block16', 'mars_block8', 'dual_block8']
-  assert result['visual_tokens'] == scale.frames * 20  # the tiny tower: 20 tokens a frame
+  assert result['visual_tokens'] == scale.frames * vj.model_config('tiny').tokens_per_frame
   for row in result['rows']:
     assert len(row['calls_s']) == 2 and all(s > 0 for s in row['calls_s'])
     # decode seconds: the median call, scaled from the steps timed to the decode's.

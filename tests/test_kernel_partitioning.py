@@ -18,7 +18,7 @@ from vidlada_jax.attention_backends import block_sparse
 from vidlada_jax.attention_backends.block_sparse import GLOBAL, FrameWindowMask
 from vidlada_jax.nn.attention import get_backend
 
-GEN = dict(gen_length=8, block_length=8, steps=8)
+GEN = dict(gen_length=4, block_length=4, steps=4)
 KERNEL_BACKENDS = ('pallas_gpu', 'pallas_tpu', 'cudnn', 'splash')
 
 
@@ -27,7 +27,7 @@ def video_prompt():
   rng = np.random.default_rng(0)
   ids = rng.integers(0, 126000, size=(2, 12)).astype(np.int32)
   ids[:, 3] = vj.TokenIds().image
-  pixels = rng.uniform(-1, 1, size=(2, 2, 384, 384, 3)).astype(np.float32)
+  pixels = rng.uniform(-1, 1, size=(2, 1, 384, 384, 3)).astype(np.float32)
   return ids, pixels
 
 
@@ -41,11 +41,12 @@ def test_sharded_decode_runs_the_kernels_per_shard(backend, video_prompt):
   model = random_model('tiny', seed=2, attention=backend, interpret_kernels=True,
                        lm=dict(num_layers=2, hidden_size=256, num_heads=2, num_kv_heads=2,
                                intermediate_size=256))
-  policy = vj.MarsCache(pyramid=(2, 1))
+  policy = vj.MarsCache(pyramid=(2, 1), visual_ratio=1)  # visual rows too, at the first step
   expected = vj.generate(model, ids, pixels, cache=policy, stop_ids=(), **GEN)
   mesh = sharding.make_mesh(dict(data=1, fsdp=2, tensor=2), jax.devices()[:4])
   sharded = sharding.place(model, mesh, sharding.RULE_SETS['fsdp_tp'])
-  sharded_policy = vj.MarsCache(pyramid=(2, 1), rules=sharding.RULE_SETS['fsdp_tp'])
+  sharded_policy = vj.MarsCache(pyramid=(2, 1), visual_ratio=1,
+                                rules=sharding.RULE_SETS['fsdp_tp'])
   out = vj.generate(sharded, ids, pixels, cache=sharded_policy, stop_ids=(), **GEN)
   np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(expected.tokens))
   assert len(set(np.asarray(expected.tokens).ravel().tolist())) > 2  # a varied decode
