@@ -449,10 +449,8 @@ def export_videos(examples: Iterable[Mapping[str, Any]], root: str | os.PathLike
   (root / 'videos').mkdir(parents=True, exist_ok=True)
   records = []
   for example in tqdm.tqdm(examples, desc=progress, unit='clip', disable=progress is None):
-    record_id = as_text(example['id'])
-    video = f'videos/{record_id}.mp4'
-    write_video(root / video, np.stack(example['video']).astype(np.uint8, copy=False), fps)
-    records.append({'id': record_id, 'video': video, 'conversations': [
+    video = write_clip(example, root / 'videos', fps).relative_to(root)
+    records.append({'id': as_text(example['id']), 'video': str(video), 'conversations': [
         {'from': 'human', 'value': prompt_text(example)},
         {'from': 'gpt', 'value': reply_text(example)}]})
   (root / 'annotations.json').write_text(json.dumps(records, indent=1))
@@ -460,6 +458,12 @@ def export_videos(examples: Iterable[Mapping[str, Any]], root: str | os.PathLike
   mixture.write_text(yaml.safe_dump(
       {'datasets': [{'json_path': 'annotations.json', 'sampling_strategy': 'all'}]}))
   return mixture
+
+
+def write_clip(example: Mapping[str, Any], videos_dir: Path, fps: int) -> Path:
+  """The example's frames as `videos_dir/<id>.mp4`."""
+  return write_video(videos_dir / f'{as_text(example["id"])}.mp4',
+                     np.stack(example['video']).astype(np.uint8, copy=False), fps)
 
 
 def config_examples(config: SyntheticVideoQaConfig | str, split: str) -> Iterator[dict]:
@@ -504,8 +508,7 @@ def write_clips(examples: Iterable[Mapping[str, Any]], videos_dir: str | os.Path
   for example in tqdm.tqdm(examples, desc=progress, unit='clip', disable=progress is None):
     text = {key: as_text(example[key])
             for key in ('id', 'question', 'answer', 'answer_letter', 'question_type', 'format')}
-    video = write_video(videos_dir / f'{text["id"]}.mp4',
-                        np.stack(example['video']).astype(np.uint8, copy=False), fps)
+    video = write_clip(example, videos_dir, fps)
     records.append(dict(text, video=str(video), prompt=question_text(example),
                         options=[as_text(o) for o in example['options']],
                         num_frames=len(example['video'])))
