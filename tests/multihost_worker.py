@@ -18,6 +18,9 @@ os.environ['JAX_PLATFORMS'] = 'cpu'
 import jax  # noqa: E402
 
 jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+# A gloo program read back from the persistent compilation cache runs mismatched collectives
+# (see docs/multi-host.md): this job compiles its own.
+jax.config.update('jax_enable_compilation_cache', False)
 jax.config.update('jax_default_matmul_precision', 'highest')
 jax.distributed.initialize(f'localhost:{port}', num_processes=2, process_id=process_id)
 
