@@ -2,6 +2,9 @@
 sharded restores, exported checkpoints checked against transformers, and every error case."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -153,6 +156,17 @@ def test_orbax_checkpoint_loads_to_the_same_logits(tmp_path, combined):
   from_hf = np.asarray(vj.from_pretrained(source, dtype='float32', progress=False)(IDS, PIXELS))
   from_orbax = np.asarray(vj.from_pretrained(tmp_path / 'jax', dtype='float32')(IDS, PIXELS))
   np.testing.assert_array_equal(from_orbax, from_hf)
+
+
+def test_loading_a_pytorch_checkpoint_does_not_import_orbax(tmp_path, combined):
+  """Orbax is a fifth of a fresh process's imports; reading safetensors never needs it."""
+  source = combined_checkpoint(tmp_path / 'hf', combined)
+  code = ('import sys, vidlada_jax as vj; '
+          f'vj.from_pretrained({str(source)!r}, progress=False); '
+          'print(sorted(m for m in sys.modules if m.startswith("orbax")))')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert out.stdout.strip().splitlines()[-1] == '[]'
 
 
 def test_dtype_option_converts(tmp_path, combined):

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,6 +64,23 @@ def test_truncated_file_is_named(tmp_path, llama):
   shard.write_bytes(data[:len(data) // 2])
   with pytest.raises(vj.CheckpointError, match=f'{shard.name}.*truncated or corrupt'):
     vj.from_pretrained(directory, progress=False)
+
+
+def test_file_truncated_after_opening_is_named_not_a_crash(tmp_path, llama):
+  """Reordered tensors are read through a mapping of the file; touching a mapped page past the end
+  of a file that shrank would kill the process, so the reader checks first."""
+  from vidlada_jax.hf.safetensors_io import SafetensorsCheckpoint
+
+  directory = write(tmp_path, llama.state_dict(), llama.config.to_dict(), shards=1)
+  shard = directory / 'model.safetensors'
+  with SafetensorsCheckpoint(directory) as tensors:
+    name = max(tensors.names, key=lambda n: tensors.info(n).offset)  # the last tensor stored
+    whole = np.asarray(tensors.mapped(name)).copy()
+    np.testing.assert_array_equal(whole, tensors.read(name).reshape(-1))
+    np.testing.assert_array_equal(tensors.mapped(name, 3, 5), whole[3:8])
+    shard.write_bytes(shard.read_bytes()[:-2])
+    with pytest.raises(vj.CheckpointError, match=f'{shard.name} ended inside tensor {name}'):
+      tensors.mapped(name)
 
 
 def test_index_listing_a_missing_shard(tmp_path, llama):

@@ -30,7 +30,7 @@ from vidlada_jax.config import ModelConfig, Runtime
 from vidlada_jax.hf import config as hf_config
 from vidlada_jax.hf import layouts
 from vidlada_jax.hf.safetensors_io import (FLOAT_DTYPES, CheckpointError, SafetensorsCheckpoint,
-                                           Scratch, aligned_empty, numpy_dtype)
+                                           aligned_empty, numpy_dtype)
 from vidlada_jax.params import abstract_model, flat_params, map_params
 from vidlada_jax.vidlada import VidLaDA
 
@@ -138,19 +138,19 @@ class LoadPlan:
 
 
 class TensorReader:
-  """Reads checkpoint tensors into buffers in our layout and dtype, copying each at most twice
-  (page cache -> scratch -> place) and exactly once when the layout keeps it as stored.
+  """Reads checkpoint tensors into buffers in our layout and dtype, copying each exactly once:
+  straight from the page cache into place when the layout keeps it as stored, and otherwise
+  through a read-only mapping of the file (no intermediate copy) that the reorder or cast reads.
 
-  A `Linear` weight passes through the scratch buffer in blocks of rows of at most
-  `SCRATCH_BYTES`, so loading holds the model plus that much (a whole-tensor scratch would add
-  the 1 GB output projection of an 8B model: 1.4x a one-layer checkpoint).
+  A `Linear` weight is mapped and transposed in blocks of rows of at most `BLOCK_BYTES`, so
+  loading holds the model plus that much of mapped file (mapping a whole 1 GB output projection
+  of an 8B model at once would add 1.4x a one-layer checkpoint to the peak).
   """
 
-  SCRATCH_BYTES = 64 << 20
+  BLOCK_BYTES = 64 << 20
 
   def __init__(self, tensors: SafetensorsCheckpoint):
     self.tensors = tensors
-    self._scratch = Scratch()  # grows to the largest block that needs it
 
   def read(self, entry: layouts.TensorMap, name: str, out: np.ndarray) -> None:
     """Tensor `name`, converted by `entry`'s transform, into `out` (C-contiguous)."""
@@ -160,15 +160,13 @@ class TensorReader:
       self.tensors.read_into(name, out)
     elif getattr(transform, 'streams_rows', False):
       row = int(np.prod(shape[1:]))
-      block = max(1, self.SCRATCH_BYTES // (row * dtype.itemsize))
+      block = max(1, self.BLOCK_BYTES // (row * dtype.itemsize))
       for first in range(0, shape[0], block):
-        rows = self._scratch.array((min(block, shape[0] - first), *shape[1:]), dtype)
-        self.tensors.read_into(name, rows, first * row)
-        transform.into(out, rows, first)
+        rows = min(block, shape[0] - first)
+        stored = self.tensors.mapped(name, first * row, rows * row).reshape(rows, *shape[1:])
+        transform.into(out, stored, first)
     else:
-      stored = self._scratch.array(shape, dtype)
-      self.tensors.read_into(name, stored)
-      transform.into(out, stored)
+      transform.into(out, self.tensors.mapped(name).reshape(shape))
 
 
 def load_safetensors(

@@ -66,9 +66,10 @@ def copy_cast(out: np.ndarray, value: np.ndarray) -> None:
     np.copyto(out, value, casting='unsafe')
 
 
-# Rows of the source transposed per copy: the stripe's source rows stay in the L1 cache while each
-# destination row gets 64 contiguous elements (about 5x a plain `source.T` copy here).
-STRIPE = 64
+# Rows of the source transposed per copy: each destination row gets 128 contiguous elements (four
+# cache lines of bfloat16). Measured on 1 GB of 8B-shaped bfloat16 weights read from a mapped file:
+# 1.3x the throughput of 64-row stripes, 3x of 512-row ones, about 5x a plain `source.T` copy.
+STRIPE = 128
 
 
 def transpose_into(out: np.ndarray, source: np.ndarray) -> None:

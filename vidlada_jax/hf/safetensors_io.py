@@ -182,6 +182,30 @@ class SafetensorsCheckpoint:
         raise CheckpointError(f'{info.file} ended inside tensor {name} (truncated?)')
       done += count
 
+  def mapped(self, name: str, first: int = 0, count: int | None = None) -> np.ndarray:
+    """A tensor's elements [first, first + count) (default: all) as a read-only flat array over
+    the file's pages, mapped rather than copied: a loader that reorders a tensor anyway (a
+    transpose) reads it once, from the page cache into its destination. The mapping lives as long
+    as the returned array."""
+    info = self._tensors[name]
+    dtype = self.dtype(name)
+    size = int(np.prod(info.shape))
+    count = size - first if count is None else count
+    if not 0 <= first <= first + count <= size:
+      raise ValueError(f'tensor {name} has {size} elements; cannot map [{first}, {first + count})')
+    start, nbytes = info.offset + first * dtype.itemsize, max(count, 1) * dtype.itemsize
+    descriptor = self._descriptors[info.file]
+    # Touching a mapped page past the end of a file kills the process (SIGBUS): a file that
+    # shrank since it was opened is reported instead.
+    if os.fstat(descriptor).st_size < start + nbytes:
+      raise CheckpointError(f'{info.file} ended inside tensor {name} (truncated?)')
+    page_start = start - start % mmap.ALLOCATIONGRANULARITY
+    # MAP_POPULATE maps every page in one call instead of faulting them in one by one.
+    mapping = mmap.mmap(descriptor, start + nbytes - page_start, prot=mmap.PROT_READ,
+                        flags=mmap.MAP_SHARED | getattr(mmap, 'MAP_POPULATE', 0),
+                        offset=page_start)
+    return np.frombuffer(mapping, dtype, count, offset=start - page_start)
+
   def close(self) -> None:
     for descriptor in self._descriptors.values():
       os.close(descriptor)
