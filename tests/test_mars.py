@@ -19,6 +19,7 @@ from tests.random_models import random_model
 from vidlada_jax import policy_comparison, sampling
 from vidlada_jax.cache import AnchorSearch, Recompute, RowWindow
 from vidlada_jax.mars import R, RT, RTV
+from vidlada_jax.policies import CACHE_POLICIES
 
 FRAMES = 3
 GEN = dict(gen_length=16, block_length=8, steps=16)
@@ -61,6 +62,20 @@ def test_exact_mode_decodes_like_plain(model, video_prompt, temperature):
   print(f'exact MARS-Cache vs plain, max relative logit error: {comparison.max_relative_error:.1e}')
   assert comparison.max_relative_error < 1e-5  # float32 summation order only
   assert comparison.top1_agreement.min() == 1.0
+
+
+def test_policies_by_name(model, video_prompt):
+  prompt, pixels = video_prompt
+  for name, policy in CACHE_POLICIES.items():
+    assert sampling._policy_of(name) == policy  # pylint: disable=protected-access
+  assert sampling._policy_of(None) == vj.FullRecompute()  # pylint: disable=protected-access
+  by_name = decode(model, prompt, pixels, 'dual', gen_length=8, steps=8, block_length=8)
+  by_object = decode(model, prompt, pixels, vj.DualCache(), gen_length=8, steps=8, block_length=8)
+  np.testing.assert_array_equal(np.asarray(by_name.tokens), np.asarray(by_object.tokens))
+  with pytest.raises(ValueError, match="unknown cache policy 'marss'; expected one of none, mars"):
+    decode(model, prompt, pixels, 'marss')
+  with pytest.raises(TypeError, match='cache must be a cache policy .* got dict'):
+    decode(model, prompt, pixels, {'policy': 'mars'})
 
 
 def test_exact_mode_with_text_prompts_and_guidance(model):

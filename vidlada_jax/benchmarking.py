@@ -57,6 +57,21 @@ def time_interleaved(calls: Mapping[str, Callable[[], Any]], repeats: int = 3,
   return timings
 
 
+def matmul_flops_per_s(rows: int, inner: int, cols: int, dtype=jax.numpy.float32,
+                       repeats: int = 5) -> float:
+  """This device's throughput in one jitted [rows, inner] @ [inner, cols] product, FLOP/s: the
+  ceiling a benchmark's achieved FLOP/s are read against, measured in the same run. Each timed
+  call runs enough products for about 10 GFLOP; the median of `repeats` calls."""
+  keys = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(keys[0], (rows, inner), dtype)
+  b = jax.random.normal(keys[1], (inner, cols), dtype)
+  product = jax.jit(jax.numpy.matmul)
+  flops = 2 * rows * inner * cols
+  count = max(1, int(1e10 // flops))
+  timing = time_interleaved({'matmul': lambda: [product(a, b) for _ in range(count)]}, repeats)
+  return flops * count / timing['matmul'].median_s
+
+
 def peak_device_bytes(device: jax.Device | None = None) -> int | None:
   """The device's peak allocation so far, where its runtime reports one (GPUs, TPUs; not CPU)."""
   stats = (device or jax.devices()[0]).memory_stats()

@@ -399,7 +399,7 @@ def generate(
     cfg_scale: float = 0.0,
     rng: jax.Array | None = None,
     stop_ids: Sequence[int] | str | None = 'eot',
-    cache: CachePolicy | None = None,
+    cache: CachePolicy | str | None = None,
     threshold: float | None = None,
     trace: bool = False,
     pad_to_multiple_of: int = 1,
@@ -423,7 +423,8 @@ def generate(
     cache: the cache policy: `FullRecompute()` (the default: every step recomputes every layer
       over the whole sequence, as the reference does), `MarsCache()` (MARS-Cache: see
       `vidlada_jax.mars`; `MarsCache.exact()` turns every mechanism off) or `DualCache()`
-      (Fast-dLLM's block-wise dual cache).
+      (Fast-dLLM's block-wise dual cache); or a name of `vidlada_jax.policies.CACHE_POLICIES`
+      ('none', 'mars', 'dual', ...).
     threshold: Fast-dLLM parallel decoding: at each step reveal every fillable position whose
       confidence exceeds it (at least one), until the block is full; `steps` then only needs to
       satisfy the divisibility rule. Off by default.
@@ -438,6 +439,7 @@ def generate(
   """
   if model.lm is None:
     raise ValueError('generate needs a language model; this model has none')
+  policy = _policy_of(cache)
   config = SamplerConfig(gen_length=gen_length, steps=steps, block_length=block_length,
                          temperature=float(temperature), remasking=remasking,
                          cfg_scale=float(cfg_scale),
@@ -467,7 +469,7 @@ def generate(
   # A sharded model decodes under its mesh, so that kernels XLA cannot partition run per shard.
   with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
     return _sample_program(graphdef, params, jnp.asarray(ids), jnp.asarray(valid), pixel_values,
-                           row_keys, config=config, policy=cache or FullRecompute(), trace=trace,
+                           row_keys, config=config, policy=policy, trace=trace,
                            mesh=mesh)
 
 
@@ -490,3 +492,16 @@ def _row_keys(rng, batch: int) -> jax.Array:
     raise ValueError(f'rng holds {rng.shape[0]} keys for {batch} prompts; '
                      'pass one key or one per row')
   return rng
+
+
+def _policy_of(cache) -> CachePolicy:
+  """`generate`'s cache argument as a policy: a policy, a registered name, or None (plain)."""
+  if cache is None:
+    return FullRecompute()
+  if isinstance(cache, str):
+    from vidlada_jax.policies import cache_policy  # pylint: disable=g-import-not-at-top
+    return cache_policy(cache)
+  if not (hasattr(cache, 'init') and hasattr(cache, 'block_hidden')):
+    raise TypeError(f'cache must be a cache policy (FullRecompute(), MarsCache(), DualCache()) or '
+                    f'its name, got {type(cache).__name__}')
+  return cache

@@ -20,6 +20,9 @@ policy the table gives:
                        recomputes under the policy's schedule, attention over the key blocks the
                        block table visits, the block's logits) and plain's FLOPs over them
   blocks               fraction of attention key blocks visited when visual rows are recomputed
+  GFLOP/s, % matmul    (after the table) the FLOP/s each policy achieved, against this device's
+                       throughput in one jitted float32 product of plain decoding's largest
+                       shape, timed in the same run; and each speedup over its FLOP ratio
   tokens equal         fraction of the decoded tokens equal to plain decoding's
   logits rel. err      max |logits - plain| / max |plain| of the block logits along plain
   top-1 agree          decoding's trajectory (`vidlada_jax.policy_comparison.compare_along`), and
@@ -79,7 +82,7 @@ def run(quick: bool, names, repeats: int = 3) -> dict:
 
   import vidlada_jax as vj
   from vidlada_jax import flops, policy_comparison, sampling
-  from vidlada_jax.benchmarking import time_interleaved
+  from vidlada_jax.benchmarking import matmul_flops_per_s, time_interleaved
   from vidlada_jax.params import randomise
 
   shape = QUICK if quick else FULL
@@ -132,9 +135,25 @@ def run(quick: bool, names, repeats: int = 3) -> dict:
         row['logits_max_relative_error'], row['top1_agreement'] = 0.0, 1.0
   for row in rows.values():
     del row['tokens'], row['history']
+  # The ceiling: one jitted product of plain decoding's largest shape (every row through the
+  # MLP's up projection), timed in this run.
+  matmul = matmul_flops_per_s(prompt_length + shape['gen_length'], shape['hidden'],
+                              3 * shape['hidden'])
+  add_efficiency(rows, shape['steps'], matmul)
   return dict(mode='quick' if quick else 'full', **shape, prompt_tokens=prompt_length,
               visual_tokens=num_visual, device=jax.devices()[0].device_kind,
-              cpu_threads=os.cpu_count(), policies=rows)
+              cpu_threads=os.cpu_count(), matmul_flops_per_s=matmul, policies=rows)
+
+
+def add_efficiency(rows: dict, steps: int, matmul_flops_per_s: float) -> None:
+  """Per policy: the FLOP/s it achieved (`flops_per_s`), as a fraction of the device's jitted
+  matmul throughput (`fraction_of_matmul`), and its measured speedup over its analytic FLOP
+  ratio (`speedup_over_flop_ratio`: 1 when a policy saves time exactly as it saves FLOPs)."""
+  for row in rows.values():
+    row['flops_per_s'] = row['flops_per_step'] * steps / row['seconds']
+    row['fraction_of_matmul'] = row['flops_per_s'] / matmul_flops_per_s
+    if 'speedup' in row:
+      row['speedup_over_flop_ratio'] = row['speedup'] / row['flop_ratio']
 
 
 def summary(result: dict) -> dict:
@@ -142,6 +161,8 @@ def summary(result: dict) -> dict:
   plain, mars = result['policies']['none'], result['policies']['mars']
   return dict(plain_tokens_per_s=plain['tokens_per_s'], mars_tokens_per_s=mars['tokens_per_s'],
               speedup=mars['speedup'], flop_ratio=mars['flop_ratio'],
+              speedup_over_flop_ratio=mars['speedup_over_flop_ratio'],
+              plain_fraction_of_matmul=plain['fraction_of_matmul'],
               token_agreement=mars['token_agreement'],
               top1_agreement=mars['top1_agreement'],
               logits_max_relative_error=mars['logits_max_relative_error'])
@@ -162,6 +183,15 @@ def print_table(result: dict) -> None:
           f'{p["blocks_visited"]:>6.2f} {100 * p.get("token_agreement", 1):>7.0f}% '
           f'{p.get("logits_max_relative_error", 0):>9.1e} '
           f'{100 * p.get("top1_agreement", 1):>5.0f}%')
+  rows = r['policies']
+  print(f'jitted float32 matmul [{r["prompt_tokens"] + r["gen_length"]} x {r["hidden"]}] @ '
+        f'[{r["hidden"]} x {3 * r["hidden"]}] on this device: '
+        f'{r["matmul_flops_per_s"] / 1e9:.1f} GFLOP/s')
+  for name, p in rows.items():
+    ratio = (f'; speedup {p["speedup_over_flop_ratio"]:.2f} of its FLOP ratio'
+             if name != 'none' and 'speedup_over_flop_ratio' in p else '')
+    print(f'  {name}: {p["flops_per_s"] / 1e9:.1f} GFLOP/s, '
+          f'{100 * p["fraction_of_matmul"]:.0f}% of it{ratio}')
 
 
 def main(argv=None) -> int:
