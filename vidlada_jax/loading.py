@@ -7,8 +7,9 @@ into that parameter's sharding. At no point is more than one parameter held twic
 
 Copies are counted: a tensor our layout keeps as stored (embeddings, norms, biases) is read from
 the page cache straight into its place in the parameter's buffer; one that is transposed (every
-`Linear`) is read into a reused scratch buffer and transposed into place. The buffer is page
-aligned, so on the host platform placing it on the device adopts it without a copy.
+`Linear`) is transposed into place straight from a read-only mapping of the file, in row blocks.
+Either way each element is copied once. The parameter's buffer is page aligned, so on the host
+platform placing it on the device adopts it without a copy.
 """
 
 from __future__ import annotations
