@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import jax
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -404,3 +405,18 @@ def test_export_of_a_model_made_in_jax(tmp_path):
   lm = vj.from_pretrained(tmp_path / 'llada', progress=False)
   np.testing.assert_array_equal(np.asarray(lm.lm_logits(IDS[:, 4:])),
                                 np.asarray(model.lm_logits(IDS[:, 4:])))
+
+
+@pytest.mark.parametrize('shape', [(2048, 2048), (3, 2048, 1024), (7, 5)])
+def test_copy_into_on_every_core_equals_a_plain_copy(shape):
+  """Restored arrays are copied into their slots by `layouts.copy_into` (split over the first
+  axis when large); bits and casts must be exactly numpy's."""
+  from vidlada_jax.hf import layouts
+
+  value = np.random.default_rng(0).normal(size=shape).astype(ml_dtypes.bfloat16)
+  same = np.zeros(shape, ml_dtypes.bfloat16)
+  layouts.copy_into(same, value)
+  np.testing.assert_array_equal(same.view(np.uint16), value.view(np.uint16))
+  cast = np.zeros(shape, np.float32)
+  layouts.copy_into(cast, value)
+  np.testing.assert_array_equal(cast, value.astype(np.float32))

@@ -48,6 +48,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from vidlada_jax import orbax_io
 from vidlada_jax import sharding as sharding_lib
 from vidlada_jax.config import ModelConfig, Runtime
+from vidlada_jax.hf import layouts
 from vidlada_jax.hf.safetensors_io import CheckpointError, aligned_empty
 from vidlada_jax.params import abstract_model, flat_params, map_params
 from vidlada_jax.vidlada import VidLaDA
@@ -377,7 +378,7 @@ def _read_params_on_host(path, stored: dict[str, StoredParam], dtypes,
       slots.update({param_key(layer_key(param, i)): buffers[param][i] for i in range(info.layers)})
   abstract = {key: np.empty(slot.shape, slot.dtype) for key, slot in slots.items()}
   for key, value in orbax_io.load_in_batches(path, abstract, LAYER_GROUP_BYTES):
-    slots[key][...] = value
+    layouts.copy_into(slots[key], value)
   return {p: jax.device_put(buffers.pop(p), shardings[p]) for p in stored}
 
 

@@ -66,6 +66,18 @@ def copy_cast(out: np.ndarray, value: np.ndarray) -> None:
     np.copyto(out, value, casting='unsafe')
 
 
+def copy_into(out: np.ndarray, value: np.ndarray) -> None:
+  """`copy_cast(out, value)` on every core for a large array: numpy copies without the GIL, so
+  the cores take disjoint ranges of the first axis. Filling memory a process has not touched yet
+  runs at a fraction of the memory's speed on one core."""
+  if value.size < (1 << 22) or out.ndim == 0 or out.shape[0] < 2 * _transpose_workers():
+    copy_cast(out, value)
+    return
+  bounds = np.linspace(0, out.shape[0], _transpose_workers() + 1).astype(int)
+  list(_transpose_pool().map(lambda a, b: copy_cast(out[a:b], value[a:b]),
+                             bounds[:-1], bounds[1:]))
+
+
 # Rows of the source transposed per copy: each destination row gets 128 contiguous elements (four
 # cache lines of bfloat16). Measured on 1 GB of 8B-shaped bfloat16 weights read from a mapped file:
 # 1.3x the throughput of 64-row stripes, 3x of 512-row ones, about 5x a plain `source.T` copy.
