@@ -17,19 +17,18 @@ os.environ['JAX_PLATFORMS'] = 'cpu'
 
 import jax  # noqa: E402
 
+from vidlada_jax import sharding  # noqa: E402
+
 jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-# A gloo program read back from the persistent compilation cache runs mismatched collectives
-# (see docs/multi-host.md): this job compiles its own.
-jax.config.update('jax_enable_compilation_cache', False)
 jax.config.update('jax_default_matmul_precision', 'highest')
-jax.distributed.initialize(f'localhost:{port}', num_processes=2, process_id=process_id)
+# Also turns off the tests' compilation cache, which gloo programs do not survive.
+sharding.initialize_distributed(f'localhost:{port}', num_processes=2, process_id=process_id)
 
 import numpy as np  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
 import vidlada_jax as vj  # noqa: E402
 from vidlada_jax.convert import hf_to_jax  # noqa: E402
-from vidlada_jax import sharding  # noqa: E402
 
 assert jax.device_count() == 8 and jax.local_device_count() == 4
 mesh, rules = hf_to_jax.parse_mesh('fsdp=8,tensor=1')

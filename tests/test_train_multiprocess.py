@@ -60,8 +60,9 @@ def launch(workdir: Path, mixture: Path, *, port: int, num_processes: int, proce
          # same synthetic clips into one shared work directory would race.
          '--config.data.source=mixture', f'--config.data.mixture={mixture}',
          f'--workdir={workdir}', '--noprogress']
-  # The launcher turns the tests' shared compilation cache off for a CPU multi-process job (a
-  # cached gloo program aborts); the test checks that rather than leaving the variable out.
+  # The launcher turns the tests' shared compilation cache off for a CPU multi-process job
+  # (`sharding.initialize_distributed`: a cached gloo program aborts); the variable stays set, so
+  # that this test covers it.
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env.update(XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
              JAX_PLATFORMS='cpu', JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo')

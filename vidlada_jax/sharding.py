@@ -11,6 +11,7 @@ FSDP-only and FSDP + tensor parallelism is a change of rule set, never of model 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -71,6 +72,25 @@ DEFAULT_MESH_SHAPES = {
     'fsdp': dict(data=1, fsdp=-1, tensor=1),
     'fsdp_tp': dict(data=1, fsdp=-1, tensor=2),
 }
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """`jax.distributed.initialize` for a multi-host job (arguments left out are detected: TPU pod
+  metadata, SLURM's variables), first thing in every process.
+
+  On the CPU backend it also turns JAX's persistent compilation cache off: an XLA:CPU program
+  with cross-process (gloo) collectives, read back from the cache, runs mismatched collectives
+  and gloo aborts the job ("Received data size doesn't match expected size"). GPU and TPU jobs
+  keep the cache.
+  """
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id)
+  if jax.default_backend() == 'cpu' and jax.config.jax_compilation_cache_dir:
+    warnings.warn('the persistent compilation cache is off for this CPU multi-process job (its '
+                  'programs do not run correctly when read back from the cache)', stacklevel=2)
+    jax.config.update('jax_enable_compilation_cache', False)
 
 
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:

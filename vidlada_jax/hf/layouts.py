@@ -66,16 +66,26 @@ def copy_cast(out: np.ndarray, value: np.ndarray) -> None:
     np.copyto(out, value, casting='unsafe')
 
 
+def _by_rows(work, rows: int, align: int = 1) -> None:
+  """work(range) over `rows` rows split into one range per core (bounds on multiples of `align`):
+  numpy copies without the GIL, so the cores fill disjoint rows at once."""
+  bounds = np.linspace(0, rows, _transpose_workers() + 1).astype(int) // align * align
+  bounds[-1] = rows
+  ranges = [range(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+  if len(ranges) < 2:
+    work(range(rows))
+  else:
+    list(_transpose_pool().map(work, ranges))
+
+
 def copy_into(out: np.ndarray, value: np.ndarray) -> None:
-  """`copy_cast(out, value)` on every core for a large array: numpy copies without the GIL, so
-  the cores take disjoint ranges of the first axis. Filling memory a process has not touched yet
-  runs at a fraction of the memory's speed on one core."""
-  if value.size < (1 << 22) or out.ndim == 0 or out.shape[0] < 2 * _transpose_workers():
+  """`copy_cast(out, value)`, split over the cores along the first axis for a large array:
+  filling memory a process has not touched yet runs at a fraction of the memory's speed on one
+  core."""
+  if value.size < (1 << 22) or out.ndim == 0:
     copy_cast(out, value)
-    return
-  bounds = np.linspace(0, out.shape[0], _transpose_workers() + 1).astype(int)
-  list(_transpose_pool().map(lambda a, b: copy_cast(out[a:b], value[a:b]),
-                             bounds[:-1], bounds[1:]))
+  else:
+    _by_rows(lambda r: copy_cast(out[r.start:r.stop], value[r.start:r.stop]), out.shape[0])
 
 
 # Rows of the source transposed per copy: each destination row gets 128 contiguous elements (four
@@ -86,21 +96,17 @@ STRIPE = 128
 
 def transpose_into(out: np.ndarray, source: np.ndarray) -> None:
   """`out[...] = source.T` for 2-D arrays (cast to `out`'s dtype), in stripes of `STRIPE`
-  source rows; numpy copies without the GIL, so the CPU's cores take disjoint row ranges."""
+  source rows, the cores taking disjoint ranges of them."""
 
   def stripes(rows: range) -> None:
     for start in range(rows.start, rows.stop, STRIPE):
       stop = min(start + STRIPE, rows.stop)
       copy_cast(out[:, start:stop], source[start:stop].T)
 
-  bounds = np.linspace(0, source.shape[0], _transpose_workers() + 1).astype(int)
-  bounds = bounds // STRIPE * STRIPE
-  bounds[-1] = source.shape[0]
-  ranges = [range(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-  if source.size < (1 << 20) or len(ranges) < 2:
+  if source.size < (1 << 20):
     stripes(range(source.shape[0]))
   else:
-    list(_transpose_pool().map(stripes, ranges))
+    _by_rows(stripes, source.shape[0], align=STRIPE)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,17 +44,11 @@ def main(argv) -> int:
   import jax  # pylint: disable=g-import-not-at-top
 
   if FLAGS.distributed:
+    from vidlada_jax import sharding  # pylint: disable=g-import-not-at-top
+
     # Flags left out are detected (TPU pod metadata, SLURM's variables); named ones win.
-    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
-                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-    if jax.default_backend() == 'cpu' and jax.config.jax_compilation_cache_dir:
-      # XLA:CPU programs with cross-process (gloo) collectives do not survive the persistent
-      # compilation cache: a program read back from it runs mismatched collectives and gloo
-      # aborts the job ("Received data size doesn't match expected size").
-      print('warning: the persistent compilation cache is off for this CPU multi-process job '
-            '(its programs do not run correctly when read back from the cache)',
-            file=sys.stderr)
-      jax.config.update('jax_enable_compilation_cache', False)
+    sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id)
   elif any(v is not None for v in (FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id)):
     raise app.UsageError('--coordinator_address, --num_processes and --process_id need '
