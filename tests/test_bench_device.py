@@ -10,10 +10,14 @@ import vidlada_jax as vj
 from vidlada_jax.launch import bench_device
 
 
+PARTS = []  # the result as `--out` writes it after each part of the run
+
+
 @pytest.fixture(scope='module')
 def result():
   """What `python -m vidlada_jax.launch.bench_device --scale tiny --repeats 2 --json` prints."""
-  result = bench_device.run(bench_device.SCALES['tiny'], repeats=2, torch_rows=True, kernels=True)
+  result = bench_device.run(bench_device.SCALES['tiny'], repeats=2, torch_rows=True, kernels=True,
+                            on_part=lambda part: PARTS.append(json.loads(json.dumps(part))))
   result['headline'] = bench_device.headline(result)
   return json.loads(json.dumps(result))  # it is JSON as it stands
 
@@ -62,3 +66,35 @@ def test_kernel_rows_compare_with_the_dense_reference(result):
   assert kernels['xla_dense']['max_abs_err'] == 0
   assert kernels['xla_gather']['max_abs_err'] < 1e-4
   assert 0 < kernels['xla_gather']['visited'] < 1
+
+
+def test_the_profiled_decode_is_summarised(result, capsys):
+  profile = result['profile']
+  ops = {op['op']: op for op in profile['top_ops']}
+  assert profile['op_seconds'] > 0 and ops
+  assert sum(op['seconds'] for op in ops.values()) <= profile['op_seconds'] + 1e-9
+  # XLA:CPU copies each layer's slice of the stacked weights and cache before its products.
+  assert 0 < profile['slice_read_s'] < profile['op_seconds']
+  assert profile['slice_read_share'] == pytest.approx(
+      profile['slice_read_s'] / profile['op_seconds'])
+  bench_device.print_table(result)
+  assert 'slice reads' in capsys.readouterr().out
+
+
+def test_each_part_is_kept_as_it_ends(result):
+  rows = lambda part: [row['name'] for row in part['rows']]
+  assert [rows(part) for part in PARTS[:2]] == [['torch_reference'], rows(result)]
+  assert 'profile' not in PARTS[1] and 'profile' in PARTS[2] and 'kernels' not in PARTS[2]
+  assert PARTS[-1]['kernels'] == result['kernels']
+
+
+def test_written_results_replace_a_file_only_whole(tmp_path):
+  path = tmp_path / 'device.json'
+  bench_device.write_json(str(path), {'rows': [1]})
+  assert json.loads(path.read_text()) == {'rows': [1]}
+  with pytest.raises(TypeError):
+    bench_device.write_json(str(path), {'rows': [object()]})  # fails halfway through
+  assert json.loads(path.read_text()) == {'rows': [1]}  # what was there is still there
+  assert [p.name for p in tmp_path.iterdir()] == ['device.json']
+  bench_device.write_json(str(path), {'rows': [2]})
+  assert json.loads(path.read_text()) == {'rows': [2]}

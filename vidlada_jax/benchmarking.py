@@ -3,14 +3,23 @@
 A first call of each function compiles it (and is reported apart); then `repeats` rounds call
 every function once in turn, so that a slow drift of the machine (other work, clocks, caches)
 lands on all of them alike rather than on whichever ran last.
+
+`profile_ops` says where one call's device time went, op by op, from a `jax.profiler` trace.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import glob
+import gzip
+import json
+import os
+import re
 import statistics
+import tempfile
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jax
 
@@ -76,3 +85,84 @@ def peak_device_bytes(device: jax.Device | None = None) -> int | None:
   """The device's peak allocation so far, where its runtime reports one (GPUs, TPUs; not CPU)."""
   stats = (device or jax.devices()[0]).memory_stats()
   return None if not stats else stats.get('peak_bytes_in_use')
+
+
+# Ops whose trace events span the ops of their bodies: counting them would count those twice.
+CONTROL_FLOW = frozenset({'while', 'conditional', 'call'})
+
+
+def op_kind(hlo_op: str) -> str:
+  """An XLA op's name without its instance number: 'dynamic-slice_bitcast_fusion.17' ->
+  'dynamic-slice_bitcast_fusion' (XLA names a fusion after the ops in it)."""
+  return re.sub(r'\.\d+$', '', hlo_op)
+
+
+def is_slice_read(kind: str) -> bool:
+  """Whether ops of this kind copy a dynamically indexed slice out of a bigger array, as a layer
+  scan's reads of its layer's stacked weights and cache are, where the compiler cannot let the
+  consumer read the slice in place. XLA:CPU names them `dynamic-slice_..._fusion`, XLA:GPU
+  `loop_dynamic_slice_fusion`; XLA:GPU's `dynamic-slice-fusion` (a GEMM or custom call reading
+  its operand at an offset, `address_computation`) is the in-place read, and not one of them."""
+  words = kind.replace('-', '_')
+  if 'update' in words or words in ('dynamic_slice_fusion', 'address_computation',
+                                    'dynamic_address_computation'):
+    return False
+  return re.search(r'(^|_)dynamic_slice(_|$)', words) is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class OpProfile:
+  """Device time of one call by op kind (`op_kind`), from its profiler trace."""
+  seconds_by_kind: dict[str, float]
+  calls_by_kind: dict[str, int]
+
+  @property
+  def seconds(self) -> float:
+    return sum(self.seconds_by_kind.values())
+
+  @property
+  def slice_read_s(self) -> float:
+    return sum(s for kind, s in self.seconds_by_kind.items() if is_slice_read(kind))
+
+  def top(self, count: int = 10) -> list[tuple[str, float, int]]:
+    """(kind, seconds, calls) of the `count` costliest kinds."""
+    kinds = sorted(self.seconds_by_kind, key=self.seconds_by_kind.get, reverse=True)[:count]
+    return [(kind, self.seconds_by_kind[kind], self.calls_by_kind[kind]) for kind in kinds]
+
+  def as_dict(self, top: int = 10) -> dict:
+    return dict(op_seconds=self.seconds, slice_read_s=self.slice_read_s,
+                slice_read_share=self.slice_read_s / self.seconds if self.seconds else 0.0,
+                top_ops=[dict(op=kind, seconds=s, calls=n) for kind, s, n in self.top(top)])
+
+
+def summarize_trace(events: Iterable[dict]) -> OpProfile:
+  """An `OpProfile` of Chrome-trace events (a perfetto trace's `traceEvents`): the complete
+  events that carry an `hlo_op`, on the accelerator where the trace has one (its host threads
+  also log the ops they launch), else on the host (XLA:CPU runs them there)."""
+  events = list(events)
+  processes = {e['pid']: e['args']['name'] for e in events
+               if e.get('ph') == 'M' and e.get('name') == 'process_name'}
+  devices = {pid for pid, name in processes.items() if name.startswith('/device:')}
+  seconds, calls = collections.defaultdict(float), collections.Counter()
+  for event in events:
+    op = event.get('args', {}).get('hlo_op')
+    if event.get('ph') != 'X' or not op or (devices and event.get('pid') not in devices):
+      continue
+    kind = op_kind(op)
+    if kind in CONTROL_FLOW:
+      continue
+    seconds[kind] += event['dur'] / 1e6  # microseconds
+    calls[kind] += 1
+  return OpProfile(dict(seconds), dict(calls))
+
+
+def profile_ops(fn: Callable[[], Any]) -> OpProfile:
+  """Runs `fn` once (compile it beforehand) under `jax.profiler` and sums its ops' device time."""
+  with tempfile.TemporaryDirectory() as log_dir:
+    with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+      jax.block_until_ready(fn())
+    traces = glob.glob(os.path.join(log_dir, '**', '*.trace.json.gz'), recursive=True)
+    if not traces:
+      raise RuntimeError(f'jax.profiler wrote no perfetto trace under {log_dir}')
+    with gzip.open(traces[0], 'rt') as f:
+      return summarize_trace(json.load(f)['traceEvents'])

@@ -3,7 +3,7 @@ reference loop, in one command.
 
     python -m vidlada_jax.launch.bench_device               # 8B shape: one 80 GB GPU, ~7 min
     python -m vidlada_jax.launch.bench_device --scale tiny  # a tiny model: any CPU, ~1 min
-        [--json] [--repeats 3] [--no-torch] [--no-kernels]
+        [--json] [--out FILE] [--repeats 3] [--no-torch] [--no-kernels] [--no-profile]
 
 Nothing is downloaded: the model is VidLaDA-8B's shape (`vj.model_config("8b")`) with random
 weights created on the device, in bfloat16 (float32 at `--scale tiny`). The prompt is a video
@@ -30,6 +30,12 @@ Peak memory is the device's peak allocation after each framework's rows.
 The kernel rows time the block-sparse attention op against cuDNN's fused attention on the same
 mask, and cuDNN with no mask (a bound for any dense kernel), at the frame count of the decode
 (`vidlada_jax.attention_backends.kernel_timing`).
+
+After the JAX rows, one more MARS-Cache decode runs under `jax.profiler` (`vidlada_jax.benchmarking.profile_ops`):
+its device time by XLA op, and the share spent copying a layer's slice out of the stacked weights
+and cache (`slice reads`; zero where the compiler lets each product read its slice in place).
+`--out FILE` writes the JSON object after each of these parts, so a run cut short keeps what it
+measured.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import json
 import os
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -141,13 +148,12 @@ def reference_rows(model_config, prompt, num_visual: int, scale: Scale, repeats:
               device=torch.cuda.get_device_name() if device == 'cuda' else 'cpu')
 
 
-def jax_rows(model, prompt, pixels, scale: Scale, repeats: int) -> list[dict]:
+def jax_rows(model, prompt, pixels, scale: Scale, repeats: int) -> tuple[list[dict], Callable]:
+  """The JAX rows, and the (compiled) call of MARS-Cache's default at the first block length."""
   import jax  # pylint: disable=g-import-not-at-top
 
   import vidlada_jax as vj  # pylint: disable=g-import-not-at-top
-  from vidlada_jax import flops  # pylint: disable=g-import-not-at-top
-  from vidlada_jax.benchmarking import (  # pylint: disable=g-import-not-at-top
-      peak_device_bytes, time_interleaved)
+  from vidlada_jax import benchmarking, flops  # pylint: disable=g-import-not-at-top
   from vidlada_jax.sampling import SamplerConfig  # pylint: disable=g-import-not-at-top
 
   first_block, last_block = scale.block_lengths[0], scale.block_lengths[-1]
@@ -167,8 +173,8 @@ def jax_rows(model, prompt, pixels, scale: Scale, repeats: int) -> list[dict]:
 
   calls = {name: call(policy, block, steps) for name, _, policy, block, steps in cases}
   report = lambda name, t: print(f'  {name}: {t.median_s:.2f}s', file=sys.stderr, flush=True)
-  timings = time_interleaved(calls, repeats, on_done=report)
-  peak = peak_device_bytes()
+  timings = benchmarking.time_interleaved(calls, repeats, on_done=report)
+  peak = benchmarking.peak_device_bytes()
   num_visual = scale.frames * model.config.tokens_per_frame
   prompt_length = len(prompt) - 1 + num_visual
   rows = []
@@ -188,14 +194,17 @@ def jax_rows(model, prompt, pixels, scale: Scale, repeats: int) -> list[dict]:
   plain = rows[0]
   for row in rows:
     row['flop_ratio'] = plain['flops_per_step'] / row['flops_per_step']
-  return rows
+  return rows, calls[f'mars_block{first_block}']
 
 
-def run(scale: Scale, repeats: int, torch_rows: bool, kernels: bool) -> dict:
+def run(scale: Scale, repeats: int, torch_rows: bool, kernels: bool, profile: bool = True,
+        on_part: Callable[[dict], None] = lambda result: None) -> dict:
+  """The benchmark's result; `on_part(result)` hears of it after each part."""
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
 
   import vidlada_jax as vj  # pylint: disable=g-import-not-at-top
+  from vidlada_jax import benchmarking  # pylint: disable=g-import-not-at-top
 
   config = vj.model_config(scale.architecture, dtype=scale.dtype, param_dtype=scale.dtype)
   prompt = prompt_of(config, scale)
@@ -210,6 +219,7 @@ def run(scale: Scale, repeats: int, torch_rows: bool, kernels: bool) -> dict:
       result['rows'].append(reference_rows(config, prompt, num_visual, scale, repeats))
     except ImportError as e:
       result['torch_error'] = f'PyTorch reference skipped: {e}'
+    on_part(result)
   started = time.perf_counter()
   model = vj.init_model(config, seed=0)
   jax.block_until_ready(nnx.state(model))
@@ -217,7 +227,8 @@ def run(scale: Scale, repeats: int, torch_rows: bool, kernels: bool) -> dict:
   size = config.vision.image_size
   pixels = jax.random.uniform(jax.random.key(1), (1, scale.frames, size, size, 3), minval=-1.0,
                               maxval=1.0)
-  result['rows'] += jax_rows(model, prompt, pixels, scale, repeats)
+  rows, mars_call = jax_rows(model, prompt, pixels, scale, repeats)
+  result['rows'] += rows
   plain = next(row for row in result['rows'] if row['name'] == 'plain')
   for row in result['rows']:
     row['speedup_vs_plain'] = plain['decode_s'] / row['decode_s']
@@ -227,11 +238,19 @@ def run(scale: Scale, repeats: int, torch_rows: bool, kernels: bool) -> dict:
   if reference:
     for row in result['rows']:
       row['speedup_vs_torch'] = reference['decode_s'] / row['decode_s']
+  on_part(result)
+  if profile:  # before the kernels, while the MARS-Cache program is compiled and its model lives
+    try:
+      result['profile'] = benchmarking.profile_ops(mars_call).as_dict()
+    except Exception as e:  # pylint: disable=broad-except
+      result['profile_error'] = f'{type(e).__name__}: {e}'  # e.g. no profiler on this machine
+    on_part(result)
+  del model, mars_call  # the kernels' inputs are small; the decode's memory is no longer needed
   if kernels:
     from vidlada_jax.attention_backends import kernel_timing  # pylint: disable=g-import-not-at-top
 
-    del model  # the kernels' inputs are small; the decode's memory is no longer needed
     result['kernels'] = kernel_timing.run(scale.frames, scale.kernel_iters)
+    on_part(result)
   return result
 
 
@@ -266,12 +285,32 @@ def print_table(result: dict) -> None:
         f'{s["steps"]}; peak memory per framework)')
   if result.get('torch_error'):
     print(result['torch_error'])
+  if 'profile' in result:
+    p = result['profile']
+    print(f'one MARS-Cache decode, profiled: {p["op_seconds"]:.2f} s in device ops, of which '
+          f'{p["slice_read_s"]:.3f} s ({100 * p["slice_read_share"]:.1f}%) slice reads; costliest:')
+    for op in p['top_ops'][:6]:
+      print(f'  {op["op"]:<44}{op["seconds"]:>9.3f} s {op["calls"]:>7} calls')
+  if result.get('profile_error'):
+    print(f'profile failed: {result["profile_error"]}')
   for row in result.get('kernels', []):
     if 'error' in row:
       print(f'kernel {row["implementation"]:<16} failed: {row["error"]}')
     else:
       print(f'kernel {row["implementation"]:<16}{row["ms"]:>10.2f} ms  visited '
             f'{row["visited"]:.3f}  ({row["q_len"]} queries x {row["k_len"]} keys)')
+
+
+def write_json(path: str, result: dict) -> None:
+  """`result` as JSON at `path`, whole or not at all: written beside it, then renamed over it."""
+  partial = f'{path}.partial'
+  try:
+    with open(partial, 'w') as f:
+      json.dump(result, f, indent=1)
+  except BaseException:
+    os.remove(partial)
+    raise
+  os.replace(partial, path)
 
 
 def main(argv=None) -> int:
@@ -284,14 +323,22 @@ def main(argv=None) -> int:
                       help='leave out the PyTorch reference loop')
   parser.add_argument('--no-kernels', dest='kernels', action='store_false',
                       help='leave out the attention kernel rows')
+  parser.add_argument('--no-profile', dest='profile', action='store_false',
+                      help='leave out the profiled MARS-Cache decode')
   parser.add_argument('--json', action='store_true', help='print one JSON object (table on stderr)')
+  parser.add_argument('--out', help='also write the JSON object to this file, after each part')
   args = parser.parse_args(argv)
   if args.repeats < 1:
     parser.error('--repeats must be positive')
+  if args.out and os.path.isdir(args.out):
+    parser.error(f'--out {args.out} is a directory; name a file')
   # Allocate as needed: PyTorch runs in this process too, and peak memory should mean the peak.
   os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
-  result = run(SCALES[args.scale], args.repeats, args.torch, args.kernels)
+  save = (lambda result: write_json(args.out, result)) if args.out else (lambda result: None)
+  result = run(SCALES[args.scale], args.repeats, args.torch, args.kernels, args.profile,
+               on_part=save)
   result['headline'] = headline(result)
+  save(result)
   with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
     print_table(result)  # with --json, on stderr: stdout holds the JSON object alone
   if args.json:

@@ -27,6 +27,9 @@ policy the table gives:
   logits rel. err      max |logits - plain| / max |plain| of the block logits along plain
   top-1 agree          decoding's trajectory (`vidlada_jax.policy_comparison.compare_along`), and
                        how often the most likely token is the same at still-masked positions
+  profile              (last) one more call of the default under `jax.profiler`
+                       (`vidlada_jax.benchmarking.profile_ops`): its time by XLA op, and the share
+                       spent copying each layer's slice out of the stacked weights and cache
 """
 
 from __future__ import annotations
@@ -77,12 +80,12 @@ def moving_squares(num_frames: int, size: int = 384) -> np.ndarray:
   return frames
 
 
-def run(quick: bool, names, repeats: int = 3) -> dict:
+def run(quick: bool, names, repeats: int = 3, profile: bool = True) -> dict:
   import jax
 
   import vidlada_jax as vj
   from vidlada_jax import flops, policy_comparison, sampling
-  from vidlada_jax.benchmarking import matmul_flops_per_s, time_interleaved
+  from vidlada_jax.benchmarking import matmul_flops_per_s, profile_ops, time_interleaved
   from vidlada_jax.params import randomise
 
   shape = QUICK if quick else FULL
@@ -140,9 +143,12 @@ def run(quick: bool, names, repeats: int = 3) -> dict:
   matmul = matmul_flops_per_s(prompt_length + shape['gen_length'], shape['hidden'],
                               3 * shape['hidden'])
   add_efficiency(rows, shape['steps'], matmul)
-  return dict(mode='quick' if quick else 'full', **shape, prompt_tokens=prompt_length,
-              visual_tokens=num_visual, device=jax.devices()[0].device_kind,
-              cpu_threads=os.cpu_count(), matmul_flops_per_s=matmul, policies=rows)
+  result = dict(mode='quick' if quick else 'full', **shape, prompt_tokens=prompt_length,
+                visual_tokens=num_visual, device=jax.devices()[0].device_kind,
+                cpu_threads=os.cpu_count(), matmul_flops_per_s=matmul, policies=rows)
+  if profile and 'mars' in calls:
+    result['profile'] = profile_ops(calls['mars']).as_dict()
+  return result
 
 
 def add_efficiency(rows: dict, steps: int, matmul_flops_per_s: float) -> None:
@@ -192,6 +198,13 @@ def print_table(result: dict) -> None:
              if name != 'none' and 'speedup_over_flop_ratio' in p else '')
     print(f'  {name}: {p["flops_per_s"] / 1e9:.1f} GFLOP/s, '
           f'{100 * p["fraction_of_matmul"]:.0f}% of it{ratio}')
+  if 'profile' in r:
+    p = r['profile']
+    print(f'one call of the default, profiled: {p["op_seconds"]:.2f} s in XLA ops, of which '
+          f'{p["slice_read_s"]:.2f} s ({100 * p["slice_read_share"]:.1f}%) copy a layer\'s slice '
+          f'out of the stacked weights and cache; costliest ops:')
+    for op in p['top_ops'][:6]:
+      print(f'  {op["op"]:<44}{op["seconds"]:>8.2f} s {op["calls"]:>7} calls')
 
 
 def main(argv=None) -> int:
@@ -204,12 +217,14 @@ def main(argv=None) -> int:
                       help='timed calls per policy, interleaved across policies (median; 3)')
   parser.add_argument('--policies', default=None,
                       help='comma-separated subset of: ' + ', '.join(DESCRIPTIONS))
+  parser.add_argument('--no-profile', dest='profile', action='store_false',
+                      help='leave out the profiled call of the default')
   args = parser.parse_args(argv)
   names = (args.policies.split(',') if args.policies else
            ['none', 'mars'] if args.quick else list(DESCRIPTIONS))
   if 'none' not in names:
     names = ['none'] + names  # every figure is relative to plain decoding in the same run
-  result = run(args.quick, names, args.repeats)
+  result = run(args.quick, names, args.repeats, args.profile)
   if args.json:
     print(json.dumps({**(summary(result) if 'mars' in names else {}), **result}))
   else:
