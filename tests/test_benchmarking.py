@@ -69,16 +69,19 @@ def test_trace_summary_counts_device_ops_once():
       op(1, 'gemm_fusion.3', 900.0),  # the host thread that launched it: not device time
       op(2, 'gemm_fusion.3', 3000.0), op(2, 'gemm_fusion.4', 1000.0),
       op(2, 'loop_dynamic_slice_fusion.1', 1000.0),
-      dict(ph='X', pid=2, name='Memcpy', dur=500.0, args={}),  # no HLO op
+      dict(ph='X', pid=2, name='MemcpyD2D', dur=500.0, args={}),  # no HLO op: its own name
       dict(ph='i', pid=2, name='marker', args=dict(hlo_op='copy.1')),  # not a complete event
   ]
   profile = benchmarking.summarize_trace(host_and_gpu)
-  assert profile.seconds_by_kind == {'gemm_fusion': 0.004, 'loop_dynamic_slice_fusion': 0.001}
-  assert profile.calls_by_kind == {'gemm_fusion': 2, 'loop_dynamic_slice_fusion': 1}
-  assert profile.as_dict()['slice_read_share'] == pytest.approx(0.2)
+  assert profile.seconds_by_kind == {'gemm_fusion': 0.004, 'loop_dynamic_slice_fusion': 0.001,
+                                     'MemcpyD2D': 0.0005}
+  assert profile.calls_by_kind == {'gemm_fusion': 2, 'loop_dynamic_slice_fusion': 1,
+                                   'MemcpyD2D': 1}
+  assert profile.as_dict()['slice_read_share'] == pytest.approx(0.001 / 0.0055)
   cpu_only = [dict(ph='M', pid=1, name='process_name', args=dict(name='/host:CPU')),
               op(1, 'while.8', 5000.0),  # spans the ops of its body, which are logged too
-              op(1, 'ynn_fusion.2', 2000.0), op(1, 'dynamic-slice_bitcast_fusion.5', 500.0)]
+              op(1, 'ynn_fusion.2', 2000.0), op(1, 'dynamic-slice_bitcast_fusion.5', 500.0),
+              dict(ph='X', pid=1, name='$sampling.py:398 generate', dur=9000.0)]  # Python
   profile = benchmarking.summarize_trace(cpu_only)
   assert profile.seconds == pytest.approx(0.0025) and profile.slice_read_s == 0.0005
   assert profile.top(1) == [('ynn_fusion', 0.002, 1)]
@@ -98,3 +101,10 @@ def test_profile_of_a_layer_scan_finds_its_slice_reads():
   assert 0 < profile.slice_read_s < profile.seconds
   single = benchmarking.profile_ops(lambda: one_layer(first, x))
   assert single.seconds > 0 and single.slice_read_s == 0
+
+
+def test_a_trace_without_ops_is_an_error(monkeypatch):
+  monkeypatch.setattr(benchmarking, 'summarize_trace',
+                      lambda events: benchmarking.OpProfile({}, {}))
+  with pytest.raises(RuntimeError, match='no XLA op events'):
+    benchmarking.profile_ops(lambda: jnp.ones(3) + 1)

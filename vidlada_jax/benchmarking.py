@@ -137,16 +137,19 @@ class OpProfile:
 
 def summarize_trace(events: Iterable[dict]) -> OpProfile:
   """An `OpProfile` of Chrome-trace events (a perfetto trace's `traceEvents`): the complete
-  events that carry an `hlo_op`, on the accelerator where the trace has one (its host threads
-  also log the ops they launch), else on the host (XLA:CPU runs them there)."""
+  events on the accelerator where the trace has one (its host threads also log the ops they
+  launch), named by the XLA op they ran (`hlo_op`) or else by themselves; without an accelerator,
+  the host's events that name an XLA op (XLA:CPU runs them there)."""
   events = list(events)
   processes = {e['pid']: e['args']['name'] for e in events
                if e.get('ph') == 'M' and e.get('name') == 'process_name'}
   devices = {pid for pid, name in processes.items() if name.startswith('/device:')}
   seconds, calls = collections.defaultdict(float), collections.Counter()
   for event in events:
-    op = event.get('args', {}).get('hlo_op')
-    if event.get('ph') != 'X' or not op or (devices and event.get('pid') not in devices):
+    if event.get('ph') != 'X' or (devices and event.get('pid') not in devices):
+      continue
+    op = event.get('args', {}).get('hlo_op') or (event.get('name') if devices else None)
+    if not op:
       continue
     kind = op_kind(op)
     if kind in CONTROL_FLOW:
@@ -165,4 +168,8 @@ def profile_ops(fn: Callable[[], Any]) -> OpProfile:
     if not traces:
       raise RuntimeError(f'jax.profiler wrote no perfetto trace under {log_dir}')
     with gzip.open(traces[0], 'rt') as f:
-      return summarize_trace(json.load(f)['traceEvents'])
+      profile = summarize_trace(json.load(f)['traceEvents'])
+  if not profile.seconds_by_kind:
+    raise RuntimeError('the profiler trace holds no XLA op events (is a device tracer, such as '
+                       'CUPTI on a GPU, installed?)')
+  return profile
