@@ -98,3 +98,26 @@ def test_written_results_replace_a_file_only_whole(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ['device.json']
   bench_device.write_json(str(path), {'rows': [2]})
   assert json.loads(path.read_text()) == {'rows': [2]}
+
+
+def test_a_dry_run_lowers_every_8b_decode_program():
+  """The 8B run's setup, checked without an accelerator: every decode program lowers (for CUDA,
+  with the Pallas kernels, where this jaxlib can lower them without a GPU), and the PyTorch
+  reference model has exactly the LM's parameters."""
+  from vidlada_jax.attention_backends import _gpu_api
+
+  platform = 'cuda' if _gpu_api.can_lower_for_cuda() else None
+  result = bench_device.dry_run(bench_device.SCALES['8b'], platform)
+  scale = bench_device.SCALES['8b']
+  assert [row['name'] for row in result['rows']] == [
+      'plain', 'mars_block128', 'mars_block32', 'dual_block32']
+  assert all(row['output_shape'] == [1, scale.gen_length] for row in result['rows'])
+  assert result['prompt_tokens'] == len(bench_device.prompt_of(vj.model_config('8b'), scale)) - 1 + (
+      scale.frames * 210)
+  if platform == 'cuda':
+    assert result['attention'] == 'pallas_gpu'
+  assert result['torch_parameters'] == result['lm_parameters'] > 8e9
+  rows = {row['name']: row for row in result['rows']}
+  assert rows['plain']['flop_ratio'] == 1
+  # The goal (MARS-Cache at least 12x plain decoding) is within reach of the FLOPs it saves.
+  assert rows['mars_block128']['flop_ratio'] > 12 and rows['dual_block32']['flop_ratio'] > 1

@@ -4,6 +4,7 @@ reference loop, in one command.
     python -m vidlada_jax.launch.bench_device               # 8B shape: one 80 GB GPU, ~7 min
     python -m vidlada_jax.launch.bench_device --scale tiny  # a tiny model: any CPU, ~1 min
         [--json] [--out FILE] [--repeats 3] [--no-torch] [--no-kernels] [--no-profile]
+    python -m vidlada_jax.launch.bench_device --dry-run cuda  # runs nothing: checks the 8B run
 
 Nothing is downloaded: the model is VidLaDA-8B's shape (`vj.model_config("8b")`) with random
 weights created on the device, in bfloat16 (float32 at `--scale tiny`). The prompt is a video
@@ -36,6 +37,11 @@ its device time by XLA op, and the share spent copying a layer's slice out of th
 and cache (`slice reads`; zero where the compiler lets each product read its slice in place).
 `--out FILE` writes the JSON object after each of these parts, so a run cut short keeps what it
 measured.
+
+`--dry-run [PLATFORM]` runs nothing (`dry_run`): it lowers every JAX decode program for PLATFORM
+from an abstract model, prints their analytic FLOPs, and builds the PyTorch model on torch's
+meta device, in seconds on any machine (CUDA programs from a CPU take the Pallas kernels in
+place of cuDNN's, which lowers only where cuDNN is installed).
 """
 
 from __future__ import annotations
@@ -85,23 +91,30 @@ def prompt_of(config, scale: Scale) -> np.ndarray:
   return np.concatenate([text[:8], [config.tokens.image], text[8:]]).astype(np.int32)
 
 
+def llama_config(model_config, dtype: str):
+  """transformers' LlamaConfig of the LM, read from its config.json as the reference writes it."""
+  from transformers import LlamaConfig  # pylint: disable=g-import-not-at-top
+
+  from vidlada_jax.hf import layouts  # pylint: disable=g-import-not-at-top
+  from vidlada_jax.hf.config import export_config  # pylint: disable=g-import-not-at-top
+
+  raw = export_config(model_config.replace(vision=None), layouts.LLADA_V, dtype)
+  known = LlamaConfig().to_dict()
+  return LlamaConfig(**{k: v for k, v in raw.items() if k in known and k != 'torch_dtype'},
+                     attn_implementation='sdpa')
+
+
 def reference_rows(model_config, prompt, num_visual: int, scale: Scale, repeats: int) -> dict:
   """The PyTorch loop over the same sequence (visual tokens as random token ids: the embedding
   lookup is all that differs from spliced features, and it is negligible)."""
   import torch  # pylint: disable=g-import-not-at-top
-  from transformers import LlamaConfig, LlamaForCausalLM  # pylint: disable=g-import-not-at-top
+  from transformers import LlamaForCausalLM  # pylint: disable=g-import-not-at-top
 
-  from vidlada_jax.hf import layouts  # pylint: disable=g-import-not-at-top
-  from vidlada_jax.hf.config import export_config  # pylint: disable=g-import-not-at-top
   from vidlada_jax.torch_sampler import reference_generate  # pylint: disable=g-import-not-at-top
 
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   dtype = getattr(torch, scale.dtype)
-  # The LM's config.json as the reference writes it, read by transformers' Llama.
-  raw = export_config(model_config.replace(vision=None), layouts.LLADA_V, scale.dtype)
-  known = LlamaConfig().to_dict()
-  config = LlamaConfig(**{k: v for k, v in raw.items() if k in known and k != 'torch_dtype'},
-                       attn_implementation='sdpa')
+  config = llama_config(model_config, scale.dtype)
   started = time.perf_counter()
   torch.manual_seed(0)
   default_dtype = torch.get_default_dtype()
@@ -148,25 +161,45 @@ def reference_rows(model_config, prompt, num_visual: int, scale: Scale, repeats:
               device=torch.cuda.get_device_name() if device == 'cuda' else 'cpu')
 
 
-def jax_rows(model, prompt, pixels, scale: Scale, repeats: int) -> tuple[list[dict], Callable]:
-  """The JAX rows, and the (compiled) call of MARS-Cache's default at the first block length."""
-  import jax  # pylint: disable=g-import-not-at-top
-
+def decode_cases(scale: Scale) -> list[tuple]:
+  """(name, description, policy, block length, steps run) of each JAX row. Plain decoding runs
+  `timed_steps` steps only: each reveals more tokens, each costs the same."""
   import vidlada_jax as vj  # pylint: disable=g-import-not-at-top
-  from vidlada_jax import benchmarking, flops  # pylint: disable=g-import-not-at-top
-  from vidlada_jax.sampling import SamplerConfig  # pylint: disable=g-import-not-at-top
 
   first_block, last_block = scale.block_lengths[0], scale.block_lengths[-1]
-  # (name, description, policy, block length, steps timed)
   cases = [('plain', 'vj.generate, plain decoding', vj.FullRecompute(), first_block,
             scale.timed_steps)]
   cases += [(f'mars_block{b}', f'vj.generate, MARS-Cache default, block {b}', vj.MarsCache(), b,
              scale.steps) for b in scale.block_lengths]
   cases.append((f'dual_block{last_block}', f'vj.generate, Fast-dLLM dual cache, block '
                 f'{last_block}', vj.DualCache(), last_block, scale.steps))
+  return cases
+
+
+def flops_per_step(model, policy, block_length: int, prompt, scale: Scale):
+  """(analytic FLOPs per step of a whole decode of `prompt` and `scale.frames` frames, fraction
+  of key blocks visited): `vidlada_jax.flops`."""
+  from vidlada_jax import flops  # pylint: disable=g-import-not-at-top
+  from vidlada_jax.sampling import SamplerConfig  # pylint: disable=g-import-not-at-top
+
+  config = SamplerConfig(gen_length=scale.gen_length, steps=scale.steps,
+                         block_length=block_length, stop_ids=())
+  num_visual = scale.frames * model.config.tokens_per_frame
+  return flops.decode_flops_per_step(model, policy, len(prompt) - 1 + num_visual, num_visual,
+                                     config)
+
+
+def jax_rows(model, prompt, pixels, scale: Scale, repeats: int) -> tuple[list[dict], Callable]:
+  """The JAX rows, and the (compiled) call of MARS-Cache's default at the first block length."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  import vidlada_jax as vj  # pylint: disable=g-import-not-at-top
+  from vidlada_jax import benchmarking  # pylint: disable=g-import-not-at-top
+
+  first_block = scale.block_lengths[0]
+  cases = decode_cases(scale)
 
   def call(policy, block_length, steps):
-    # Plain decoding timed over fewer steps: each reveals more tokens, each costs the same.
     return lambda: vj.generate(model, prompt[None], pixels, gen_length=scale.gen_length,
                                steps=steps, block_length=block_length, stop_ids=(),
                                cache=policy).tokens
@@ -175,16 +208,11 @@ def jax_rows(model, prompt, pixels, scale: Scale, repeats: int) -> tuple[list[di
   report = lambda name, t: print(f'  {name}: {t.median_s:.2f}s', file=sys.stderr, flush=True)
   timings = benchmarking.time_interleaved(calls, repeats, on_done=report)
   peak = benchmarking.peak_device_bytes()
-  num_visual = scale.frames * model.config.tokens_per_frame
-  prompt_length = len(prompt) - 1 + num_visual
   rows = []
   for name, description, policy, block, steps in cases:
     timing = timings[name]
     decode = timing.median_s * scale.steps / steps
-    config = SamplerConfig(gen_length=scale.gen_length, steps=scale.steps, block_length=block,
-                           stop_ids=())
-    step_flops, visited = flops.decode_flops_per_step(model, policy, prompt_length, num_visual,
-                                                      config)
+    step_flops, visited = flops_per_step(model, policy, block, prompt, scale)
     rows.append(dict(name=name, description=description, framework='jax', block_length=block,
                      decode_s=decode, tokens_per_s=scale.gen_length / decode,
                      first_call_s=timing.first_call_s, compile_s=timing.compile_s,
@@ -252,6 +280,81 @@ def run(scale: Scale, repeats: int, torch_rows: bool, kernels: bool, profile: bo
     result['kernels'] = kernel_timing.run(scale.frames, scale.kernel_iters)
     on_part(result)
   return result
+
+
+def dry_run(scale: Scale, platform: str | None = None) -> dict:
+  """What a run would set up, without running it, for checking a run from any machine before an
+  accelerator's time is spent on it: each JAX decode program lowered for `platform` (default:
+  this machine's) from an abstract model (no weights are created), its analytic FLOPs, and the
+  PyTorch reference model built on torch's meta device."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  import vidlada_jax as vj  # pylint: disable=g-import-not-at-top
+  from vidlada_jax.attention_backends import _gpu_api  # pylint: disable=g-import-not-at-top
+  from vidlada_jax.nn.attention import (  # pylint: disable=g-import-not-at-top
+      current_platform, resolve_auto)
+  from vidlada_jax.vidlada import VidLaDA  # pylint: disable=g-import-not-at-top
+
+  here = current_platform()
+  platform = platform or here
+  attention = resolve_auto(platform, scale.dtype)
+  if attention == 'cudnn' and here != 'cuda':
+    attention = 'pallas_gpu'  # cuDNN's attention lowers only where cuDNN is installed
+  config = vj.model_config(scale.architecture, dtype=scale.dtype, param_dtype=scale.dtype,
+                           attention=attention,
+                           vision_attention=resolve_auto(platform, scale.dtype, tower='vision'))
+  model = nnx.eval_shape(lambda: VidLaDA(config, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(model)
+  prompt = prompt_of(config, scale)
+  size = config.vision.image_size
+  pixels = jax.ShapeDtypeStruct((1, scale.frames, size, size, 3), jax.numpy.float32)
+  lm_parameters = sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model.lm)))
+  result = dict(scale=dataclasses.asdict(scale), platform=platform, attention=attention,
+                prompt_tokens=len(prompt) - 1 + scale.frames * config.tokens_per_frame,
+                lm_parameters=lm_parameters, rows=[])
+  for name, description, policy, block, steps in decode_cases(scale):
+    def decode(state, pixels, policy=policy, block=block, steps=steps):
+      return vj.generate(nnx.merge(graphdef, state), prompt[None], pixels,
+                         gen_length=scale.gen_length, steps=steps, block_length=block,
+                         stop_ids=(), cache=policy).tokens
+
+    started = time.perf_counter()
+    exported = jax.export.export(jax.jit(decode), platforms=[platform],
+                                 disabled_checks=_gpu_api.export_safety_exemptions())(state, pixels)
+    step_flops, visited = flops_per_step(model, policy, block, prompt, scale)
+    result['rows'].append(dict(name=name, description=description,
+                               lowered_s=time.perf_counter() - started,
+                               output_shape=list(exported.out_avals[0].shape),
+                               flops_per_step=step_flops, blocks_visited=visited))
+  plain = result['rows'][0]
+  for row in result['rows']:
+    row['flop_ratio'] = plain['flops_per_step'] / row['flops_per_step']
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    from transformers import LlamaForCausalLM  # pylint: disable=g-import-not-at-top
+
+    with torch.device('meta'):
+      reference = LlamaForCausalLM(llama_config(config, scale.dtype))
+    result['torch_parameters'] = sum(p.numel() for p in reference.parameters())
+  except ImportError as e:
+    result['torch_error'] = f'PyTorch reference not checked: {e}'
+  return result
+
+
+def print_dry_run(result: dict) -> None:
+  s = result['scale']
+  print(f'{s["architecture"]} ({s["dtype"]}), lowered for {result["platform"]} with '
+        f'{result["attention"]} attention: {result["prompt_tokens"]} prompt tokens, '
+        f'{s["gen_length"]} tokens in {s["steps"]} steps; nothing run')
+  print(f'{"decoding":<46}{"lowered s":>10}{"GFLOP/step":>11}{"FLOP ratio":>11}{"blocks":>7}')
+  for row in result['rows']:
+    print(f'{row["description"]:<46}{row["lowered_s"]:>10.1f}{row["flops_per_step"] / 1e9:>11.1f}'
+          f'{row["flop_ratio"]:>11.1f}{row["blocks_visited"]:>7.2f}')
+  torch_count = result.get('torch_parameters')
+  print(f'LM parameters: {result["lm_parameters"]:,} here, '
+        + (f'{torch_count:,} in the PyTorch reference' if torch_count is not None
+           else result['torch_error']))
 
 
 def headline(result: dict) -> dict:
@@ -327,7 +430,18 @@ def main(argv=None) -> int:
                       help='leave out the profiled MARS-Cache decode')
   parser.add_argument('--json', action='store_true', help='print one JSON object (table on stderr)')
   parser.add_argument('--out', help='also write the JSON object to this file, after each part')
+  parser.add_argument('--dry-run', nargs='?', const='', metavar='PLATFORM',
+                      help='run nothing: lower every decode program for PLATFORM (default: this '
+                           "machine's; 'cuda' works from a CPU) and build the PyTorch model on "
+                           "torch's meta device")
   args = parser.parse_args(argv)
+  if args.dry_run is not None:
+    result = dry_run(SCALES[args.scale], args.dry_run or None)
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+      print_dry_run(result)
+    if args.json:
+      print(json.dumps(result))
+    return 0
   if args.repeats < 1:
     parser.error('--repeats must be positive')
   if args.out and os.path.isdir(args.out):
