@@ -121,3 +121,12 @@ def test_a_dry_run_lowers_every_8b_decode_program():
   assert rows['plain']['flop_ratio'] == 1
   # The goal (MARS-Cache at least 12x plain decoding) is within reach of the FLOPs it saves.
   assert rows['mars_block128']['flop_ratio'] > 12 and rows['dual_block32']['flop_ratio'] > 1
+
+
+def test_dry_run_command_line(capsys):
+  assert bench_device.main(['--scale', 'tiny', '--dry-run', '--json']) == 0
+  out = json.loads(capsys.readouterr().out)  # the table went to stderr
+  assert out['platform'] == 'cpu' and len(out['rows']) == 4
+  with pytest.raises(SystemExit) as exit_:
+    bench_device.main(['--dry-run', 'gpu'])
+  assert exit_.value.code == 2 and "got 'gpu'" in capsys.readouterr().err

@@ -282,6 +282,9 @@ def run(scale: Scale, repeats: int, torch_rows: bool, kernels: bool, profile: bo
   return result
 
 
+LOWERING_PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')  # what jax.export lowers for
+
+
 def dry_run(scale: Scale, platform: str | None = None) -> dict:
   """What a run would set up, without running it, for checking a run from any machine before an
   accelerator's time is spent on it: each JAX decode program lowered for `platform` (default:
@@ -299,7 +302,10 @@ def dry_run(scale: Scale, platform: str | None = None) -> dict:
   here = current_platform()
   platform = platform or here
   attention = resolve_auto(platform, scale.dtype)
-  if attention == 'cudnn' and here != 'cuda':
+  if platform == 'cuda' and here != 'cuda':
+    if not _gpu_api.can_lower_for_cuda():
+      raise ValueError('this jaxlib cannot lower the Pallas GPU kernels for CUDA without a GPU: '
+                       'run --dry-run without a platform to check the programs for this one')
     attention = 'pallas_gpu'  # cuDNN's attention lowers only where cuDNN is installed
   config = vj.model_config(scale.architecture, dtype=scale.dtype, param_dtype=scale.dtype,
                            attention=attention,
@@ -435,6 +441,9 @@ def main(argv=None) -> int:
                            "machine's; 'cuda' works from a CPU) and build the PyTorch model on "
                            "torch's meta device")
   args = parser.parse_args(argv)
+  if args.dry_run not in (None, '', *LOWERING_PLATFORMS):
+    parser.error(f'--dry-run takes one of {", ".join(LOWERING_PLATFORMS)}, or none for this '
+                 f"machine's; got {args.dry_run!r}")
   if args.dry_run is not None:
     result = dry_run(SCALES[args.scale], args.dry_run or None)
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
