@@ -32,7 +32,7 @@ The kernel rows time the block-sparse attention op against cuDNN's fused attenti
 mask, and cuDNN with no mask (a bound for any dense kernel), at the frame count of the decode
 (`vidlada_jax.attention_backends.kernel_timing`).
 
-After the JAX rows, one more MARS-Cache decode runs under `jax.profiler` (`vidlada_jax.benchmarking.profile_ops`):
+Last, one more MARS-Cache decode runs under `jax.profiler` (`vidlada_jax.benchmarking.profile_ops`):
 its device time by XLA op, and the share spent copying a layer's slice out of the stacked weights
 and cache (`slice reads`; zero where the compiler lets each product read its slice in place).
 `--out FILE` writes the JSON object after each of these parts, so a run cut short keeps what it
@@ -267,17 +267,16 @@ def run(scale: Scale, repeats: int, torch_rows: bool, kernels: bool, profile: bo
     for row in result['rows']:
       row['speedup_vs_torch'] = reference['decode_s'] / row['decode_s']
   on_part(result)
-  if profile:  # before the kernels, while the MARS-Cache program is compiled and its model lives
-    try:
-      result['profile'] = benchmarking.profile_ops(mars_call).as_dict()
-    except Exception as e:  # pylint: disable=broad-except
-      result['profile_error'] = f'{type(e).__name__}: {e}'  # e.g. no profiler on this machine
-    on_part(result)
-  del model, mars_call  # the kernels' inputs are small; the decode's memory is no longer needed
   if kernels:
     from vidlada_jax.attention_backends import kernel_timing  # pylint: disable=g-import-not-at-top
 
     result['kernels'] = kernel_timing.run(scale.frames, scale.kernel_iters)
+    on_part(result)
+  if profile:  # last: a device tracer that fails cannot cost the figures before it
+    try:
+      result['profile'] = benchmarking.profile_ops(mars_call).as_dict()
+    except Exception as e:  # pylint: disable=broad-except
+      result['profile_error'] = f'{type(e).__name__}: {e}'  # e.g. no profiler on this machine
     on_part(result)
   return result
 
@@ -394,6 +393,12 @@ def print_table(result: dict) -> None:
         f'{s["steps"]}; peak memory per framework)')
   if result.get('torch_error'):
     print(result['torch_error'])
+  for row in result.get('kernels', []):
+    if 'error' in row:
+      print(f'kernel {row["implementation"]:<16} failed: {row["error"]}')
+    else:
+      print(f'kernel {row["implementation"]:<16}{row["ms"]:>10.2f} ms  visited '
+            f'{row["visited"]:.3f}  ({row["q_len"]} queries x {row["k_len"]} keys)')
   if 'profile' in result:
     p = result['profile']
     print(f'one MARS-Cache decode, profiled: {p["op_seconds"]:.2f} s in device ops, of which '
@@ -402,12 +407,6 @@ def print_table(result: dict) -> None:
       print(f'  {op["op"]:<44}{op["seconds"]:>9.3f} s {op["calls"]:>7} calls')
   if result.get('profile_error'):
     print(f'profile failed: {result["profile_error"]}')
-  for row in result.get('kernels', []):
-    if 'error' in row:
-      print(f'kernel {row["implementation"]:<16} failed: {row["error"]}')
-    else:
-      print(f'kernel {row["implementation"]:<16}{row["ms"]:>10.2f} ms  visited '
-            f'{row["visited"]:.3f}  ({row["q_len"]} queries x {row["k_len"]} keys)')
 
 
 def write_json(path: str, result: dict) -> None:
