@@ -164,11 +164,14 @@ def profile_ops(fn: Callable[[], Any]) -> OpProfile:
   with tempfile.TemporaryDirectory() as log_dir:
     with jax.profiler.trace(log_dir, create_perfetto_trace=True):
       jax.block_until_ready(fn())
-    traces = glob.glob(os.path.join(log_dir, '**', '*.trace.json.gz'), recursive=True)
+    # perfetto_trace.json.gz is the documented file; TensorBoard's HOST.trace.json.gz is alike.
+    traces = (glob.glob(os.path.join(log_dir, '**', 'perfetto_trace.json.gz'), recursive=True)
+              or glob.glob(os.path.join(log_dir, '**', '*.trace.json.gz'), recursive=True))
     if not traces:
       raise RuntimeError(f'jax.profiler wrote no perfetto trace under {log_dir}')
     with gzip.open(traces[0], 'rt') as f:
-      profile = summarize_trace(json.load(f)['traceEvents'])
+      trace = json.load(f)  # Chrome's trace format: an object with traceEvents, or the list
+    profile = summarize_trace(trace['traceEvents'] if isinstance(trace, dict) else trace)
   if not profile.seconds_by_kind:
     raise RuntimeError('the profiler trace holds no XLA op events (is a device tracer, such as '
                        'CUPTI on a GPU, installed?)')
