@@ -25,8 +25,9 @@ work at every step (a full forward over the whole sequence), so they are timed o
 `timed_steps` steps (16) and scaled to the decode's 128: a whole plain decode at 8B takes over
 a minute, three of them would not leave the time for the rest. tokens/s = 128 tokens / decode
 seconds; speedups are against plain decoding in the same run; `flop ratio` is plain's analytic
-FLOPs per step over the policy's (`vidlada_jax.flops`), and `efficiency` the speedup over it.
-Peak memory is the device's peak allocation after each framework's rows.
+FLOPs per step over the policy's (`vidlada_jax.flops`), and `speedup_over_flop_ratio` (`/ratio`
+in the table) the speedup over it. Peak memory is the device's peak allocation after each
+framework's rows.
 
 The kernel rows time the block-sparse attention op against cuDNN's fused attention on the same
 mask, and cuDNN with no mask (a bound for any dense kernel), at the frame count of the decode
@@ -261,7 +262,7 @@ def run(scale: Scale, repeats: int, torch_rows: bool, kernels: bool, profile: bo
   for row in result['rows']:
     row['speedup_vs_plain'] = plain['decode_s'] / row['decode_s']
     if 'flop_ratio' in row:  # the JAX rows: how much of the FLOP saving the clock shows
-      row['efficiency'] = row['speedup_vs_plain'] / row['flop_ratio']
+      row['speedup_over_flop_ratio'] = row['speedup_vs_plain'] / row['flop_ratio']
   reference = next((row for row in result['rows'] if row['name'] == 'torch_reference'), None)
   if reference:
     for row in result['rows']:
@@ -368,7 +369,7 @@ def headline(result: dict) -> dict:
   plain, mars = rows['plain'], rows[f'mars_block{result["scale"]["block_lengths"][0]}']
   out = dict(plain_tokens_per_s=plain['tokens_per_s'], mars_tokens_per_s=mars['tokens_per_s'],
              mars_speedup_vs_plain=mars['speedup_vs_plain'], mars_flop_ratio=mars['flop_ratio'],
-             mars_efficiency=mars['efficiency'])
+             mars_speedup_over_flop_ratio=mars['speedup_over_flop_ratio'])
   if 'torch_reference' in rows:
     out['plain_speedup_vs_torch'] = plain['speedup_vs_torch']
     out['torch_tokens_per_s'] = rows['torch_reference']['tokens_per_s']
@@ -381,13 +382,13 @@ def print_table(result: dict) -> None:
         f'prompt tokens ({result["visual_tokens"]} visual, {s["frames"]} frames), '
         f'{s["gen_length"]} tokens in {s["steps"]} steps; median of {result["repeats"]} calls')
   print(f'{"decoding":<46}{"tokens/s":>9}{"vs plain":>9}{"vs torch":>9}{"FLOP ratio":>11}'
-        f'{"effic.":>7}{"compile s":>10}{"peak GB":>8}')
+        f'{"/ratio":>7}{"compile s":>10}{"peak GB":>8}')
   for row in result['rows']:
     number = lambda key, fmt: '-' if row.get(key) is None else format(row[key], fmt)
     peak = '-' if row.get('peak_bytes') is None else f'{row["peak_bytes"] / 1e9:.1f}'
     print(f'{row["description"]:<46}{row["tokens_per_s"]:>9.2f}'
           f'{number("speedup_vs_plain", ".2f"):>8}x{number("speedup_vs_torch", ".2f"):>8}x'
-          f'{number("flop_ratio", ".1f"):>11}{number("efficiency", ".2f"):>7}'
+          f'{number("flop_ratio", ".1f"):>11}{number("speedup_over_flop_ratio", ".2f"):>7}'
           f'{number("compile_s", ".1f"):>10}{peak:>8}')
   print(f'(plain decoding and the PyTorch loop timed over {s["timed_steps"]} steps and scaled to '
         f'{s["steps"]}; peak memory per framework)')
