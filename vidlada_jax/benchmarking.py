@@ -130,6 +130,7 @@ class OpProfile:
     return [(kind, self.seconds_by_kind[kind], self.calls_by_kind[kind]) for kind in kinds]
 
   def as_dict(self, top: int = 10) -> dict:
+    """A JSON-ready summary: `op_seconds`, `slice_read_s`, `slice_read_share`, `top_ops`."""
     return dict(op_seconds=self.seconds, slice_read_s=self.slice_read_s,
                 slice_read_share=self.slice_read_s / self.seconds if self.seconds else 0.0,
                 top_ops=[dict(op=kind, seconds=s, calls=n) for kind, s, n in self.top(top)])
@@ -176,3 +177,12 @@ def profile_ops(fn: Callable[[], Any]) -> OpProfile:
     raise RuntimeError('the profiler trace holds no XLA op events (is a device tracer, such as '
                        'CUPTI on a GPU, installed?)')
   return profile
+
+
+def print_profile(summary: dict, what: str, count: int = 6) -> None:
+  """Prints an `OpProfile.as_dict()` summary of one call of `what`."""
+  print(f'{what}, profiled: {summary["op_seconds"]:.2f} s in XLA ops, of which '
+        f'{summary["slice_read_s"]:.3f} s ({100 * summary["slice_read_share"]:.1f}%) copy a '
+        "layer's slice out of stacked weights and cache; costliest ops:")
+  for op in summary['top_ops'][:count]:
+    print(f'  {op["op"]:<44}{op["seconds"]:>9.3f} s {op["calls"]:>7} calls')

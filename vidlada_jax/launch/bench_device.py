@@ -35,7 +35,7 @@ mask, and cuDNN with no mask (a bound for any dense kernel), at the frame count 
 
 Last, one more MARS-Cache decode runs under `jax.profiler` (`vidlada_jax.benchmarking.profile_ops`):
 its device time by XLA op, and the share spent copying a layer's slice out of the stacked weights
-and cache (`slice reads`; zero where the compiler lets each product read its slice in place).
+and cache (`slice_read_s`; zero where the compiler lets each product read its slice in place).
 `--out FILE` writes the JSON object after each of these parts, so a run cut short keeps what it
 measured.
 
@@ -401,11 +401,9 @@ def print_table(result: dict) -> None:
       print(f'kernel {row["implementation"]:<16}{row["ms"]:>10.2f} ms  visited '
             f'{row["visited"]:.3f}  ({row["q_len"]} queries x {row["k_len"]} keys)')
   if 'profile' in result:
-    p = result['profile']
-    print(f'one MARS-Cache decode, profiled: {p["op_seconds"]:.2f} s in device ops, of which '
-          f'{p["slice_read_s"]:.3f} s ({100 * p["slice_read_share"]:.1f}%) slice reads; costliest:')
-    for op in p['top_ops'][:6]:
-      print(f'  {op["op"]:<44}{op["seconds"]:>9.3f} s {op["calls"]:>7} calls')
+    from vidlada_jax.benchmarking import print_profile  # pylint: disable=g-import-not-at-top
+
+    print_profile(result['profile'], 'one MARS-Cache decode')
   if result.get('profile_error'):
     print(f'profile failed: {result["profile_error"]}')
 

@@ -43,6 +43,7 @@ import sys
 
 import numpy as np
 
+from vidlada_jax.benchmarking import print_profile
 from vidlada_jax.policies import DESCRIPTIONS
 
 FULL = dict(frames=16, hidden=512, heads=4, layers=8, gen_length=64, steps=64, block_length=32)
@@ -199,12 +200,7 @@ def print_table(result: dict) -> None:
     print(f'  {name}: {p["flops_per_s"] / 1e9:.1f} GFLOP/s, '
           f'{100 * p["fraction_of_matmul"]:.0f}% of it{ratio}')
   if 'profile' in r:
-    p = r['profile']
-    print(f'one call of the default, profiled: {p["op_seconds"]:.2f} s in XLA ops, of which '
-          f'{p["slice_read_s"]:.2f} s ({100 * p["slice_read_share"]:.1f}%) copy a layer\'s slice '
-          f'out of the stacked weights and cache; costliest ops:')
-    for op in p['top_ops'][:6]:
-      print(f'  {op["op"]:<44}{op["seconds"]:>8.2f} s {op["calls"]:>7} calls')
+    print_profile(r['profile'], 'one call of the default')
 
 
 def main(argv=None) -> int:
