@@ -99,6 +99,9 @@ def test_written_results_replace_a_file_only_whole(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ['device.json']
   bench_device.write_json(str(path), {'rows': [2]})
   assert json.loads(path.read_text()) == {'rows': [2]}
+  with pytest.raises(FileNotFoundError) as error:
+    bench_device.write_json(str(tmp_path / 'missing' / 'device.json'), {'rows': [3]})
+  assert error.value.__context__ is None  # the error itself, not one from cleaning up after it
 
 
 def test_a_dry_run_lowers_every_8b_decode_program():

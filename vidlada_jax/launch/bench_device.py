@@ -54,6 +54,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -409,15 +410,14 @@ def print_table(result: dict) -> None:
 
 
 def write_json(path: str, result: dict) -> None:
-  """`result` as JSON at `path`, whole or not at all: written beside it, then renamed over it."""
-  partial = f'{path}.partial'
+  """`result` as JSON at `path`, whole or not at all: written beside it, then renamed over it
+  (as `vidlada_jax.video.write_video` writes a video)."""
+  partial = Path(f'{path}.partial')
   try:
-    with open(partial, 'w') as f:
-      json.dump(result, f, indent=1)
-  except BaseException:
-    os.remove(partial)
-    raise
-  os.replace(partial, path)
+    partial.write_text(json.dumps(result, indent=1))
+    os.replace(partial, path)
+  finally:
+    partial.unlink(missing_ok=True)
 
 
 def main(argv=None) -> int:
