@@ -191,6 +191,12 @@ def flops_per_step(model, policy, block_length: int, prompt, scale: Scale):
                                      config)
 
 
+def add_flop_ratios(rows: list[dict]) -> None:
+  """Each row's `flop_ratio`: the first row's (plain decoding's) FLOPs per step over its own."""
+  for row in rows:
+    row['flop_ratio'] = rows[0]['flops_per_step'] / row['flops_per_step']
+
+
 def jax_rows(model, prompt, pixels, scale: Scale, repeats: int) -> tuple[list[dict], Callable]:
   """The JAX rows, and the (compiled) call of MARS-Cache's default at the first block length."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -221,9 +227,7 @@ def jax_rows(model, prompt, pixels, scale: Scale, repeats: int) -> tuple[list[di
                      calls_s=timing.seconds, timed_steps=steps, flops_per_step=step_flops,
                      blocks_visited=visited, peak_bytes=peak,
                      device=jax.devices()[0].device_kind))
-  plain = rows[0]
-  for row in rows:
-    row['flop_ratio'] = plain['flops_per_step'] / row['flops_per_step']
+  add_flop_ratios(rows)
   return rows, calls[f'mars_block{first_block}']
 
 
@@ -334,9 +338,7 @@ def dry_run(scale: Scale, platform: str | None = None) -> dict:
                                lowered_s=time.perf_counter() - started,
                                output_shape=list(exported.out_avals[0].shape),
                                flops_per_step=step_flops, blocks_visited=visited))
-  plain = result['rows'][0]
-  for row in result['rows']:
-    row['flop_ratio'] = plain['flops_per_step'] / row['flops_per_step']
+  add_flop_ratios(result['rows'])
   try:
     import torch  # pylint: disable=g-import-not-at-top
     from transformers import LlamaForCausalLM  # pylint: disable=g-import-not-at-top
